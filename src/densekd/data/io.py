@@ -1,0 +1,161 @@
+"""Low-level file helpers shared by every loader and writer.
+
+Contracts
+---------
+* Every reader that can fail on user data raises :class:`DataFormatError`, whose message names the
+  file and, where there is one, the 1-based line number.
+* Every writer goes through :func:`atomic_write` (or :func:`atomic_path`): data is written to a
+  temporary file in the destination folder and renamed over the target only when complete, so an
+  interrupted step never leaves a file that a later step would take as finished.
+* Text files are UTF-8. Invalid bytes are an error (never silently replaced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+class DataFormatError(ValueError):
+    """Bad user input: a malformed file, a broken contract between files, a bad config value.
+
+    Parameters
+    ----------
+    path
+        The offending file (or ``None`` when the input is not a file).
+    message
+        What is wrong, in words a user can act on.
+    line
+        1-based line number, where the problem sits on one line.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, message: str, line: int | None = None):
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.reason = message
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
+        super().__init__(f"{where}{message}")
+
+
+def require_file(path: str | os.PathLike) -> Path:
+    """Return ``path`` as a :class:`Path`, raising :class:`DataFormatError` if it is not a file."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataFormatError(p, "file not found" if not p.exists() else "not a regular file")
+    return p
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each non-blank line, decoding UTF-8 strictly.
+
+    Reading is streamed line by line, so files larger than memory are fine.
+    """
+    p = require_file(path)
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFormatError(p, f"invalid UTF-8 ({e.reason} at byte {e.start})", lineno) from None
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield lineno, line
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each line of a JSON-lines file.
+
+    Raises
+    ------
+    DataFormatError
+        On a line that is not JSON (e.g. a truncated last line) or not a JSON object.
+    """
+    for lineno, line in iter_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, f"malformed JSON ({e.msg})", lineno) from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, f"expected a JSON object, got {type(obj).__name__}", lineno)
+        yield lineno, obj
+
+
+def iter_tsv(path: str | os.PathLike, n_fields: int | tuple[int, ...]) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, fields)`` of a tab-separated file, checking the field count."""
+    allowed = (n_fields,) if isinstance(n_fields, int) else n_fields
+    for lineno, line in iter_lines(path):
+        fields = line.split("\t")
+        if len(fields) not in allowed:
+            want = " or ".join(map(str, allowed))
+            raise DataFormatError(path, f"expected {want} tab-separated fields, got {len(fields)}", lineno)
+        yield lineno, fields
+
+
+def get_field(obj: dict[str, Any], key: str | tuple[str, ...], path: str | os.PathLike, line: int,
+              types: type | tuple[type, ...] = str, required: bool = True, default: Any = None) -> Any:
+    """Read ``obj[key]`` with a type check; ``key`` may be a tuple of accepted aliases."""
+    keys = (key,) if isinstance(key, str) else key
+    for k in keys:
+        if k in obj and obj[k] is not None:
+            value = obj[k]
+            if not isinstance(value, types):
+                want = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
+                raise DataFormatError(path, f"field {k!r} must be {want}, got {type(value).__name__}", line)
+            return value
+    if required:
+        raise DataFormatError(path, f"missing field {keys[0]!r}", line)
+    return default
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Use this for writers that want a file name rather than a handle (numpy, faiss, safetensors).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file for writing; it replaces ``path`` only when the block completes."""
+    with atomic_path(path) as tmp:
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
+    """Atomically write ``rows`` as JSON lines; returns the number of rows written."""
+    n = 0
+    with atomic_write(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    with atomic_write(path) as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
