@@ -13,8 +13,11 @@ Contracts
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -159,3 +162,74 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
+
+
+# --- small parsing helpers shared by the format modules (beir, msmarco, dpr, trec) ---------------
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_int(value: str, path: str | os.PathLike, line: int, what: str) -> int:
+    """Parse a base-10 integer field strictly (ASCII digits only; ``int()`` would take ``"1_0"``)."""
+    text = value.strip()
+    if not _INT_RE.fullmatch(text):
+        raise DataFormatError(path, f"{what} must be an integer, got {value!r}", line)
+    return int(text)
+
+
+def parse_float(value: str, path: str | os.PathLike, line: int, what: str) -> float:
+    """Parse a finite float field; NaN and infinities are rejected because they break rankings."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise DataFormatError(path, f"{what} must be a number, got {value!r}", line) from None
+    if not math.isfinite(number):
+        raise DataFormatError(path, f"{what} must be finite, got {value!r}", line)
+    return number
+
+
+def check_tsv_value(value: str, path: str | os.PathLike, what: str) -> str:
+    """Return ``value`` if a TSV writer can store it, else raise :class:`DataFormatError`.
+
+    Tabs and line breaks are rejected rather than escaped: the MS MARCO / DPR / BEIR TSV readers of
+    other tools do not unescape, so an escaped text would silently differ from the original there.
+    """
+    if not value:
+        raise DataFormatError(path, f"cannot write an empty {what}")
+    if "\t" in value or "\n" in value or "\r" in value:
+        raise DataFormatError(path, f"cannot write {what} {value[:40]!r}: it contains a tab or line break")
+    return value
+
+
+def stable_id(*parts: str, prefix: str = "") -> str:
+    """A deterministic id from text parts (64-bit BLAKE2b, hex), for records that come without one.
+
+    The same parts give the same id on every machine and run (unlike ``hash()``), so files loaded
+    twice or on two workers agree on ids.
+    """
+    digest = hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8).hexdigest()
+    return f"{prefix}{digest}"
+
+
+def get_id(obj: dict[str, Any], key: str | tuple[str, ...], path: str | os.PathLike, line: int,
+           required: bool = True) -> str | None:
+    """Read an id field as ``str``; JSON integers are accepted (BEIR ships some ids as numbers).
+
+    ``bool`` is rejected although it is an ``int`` subclass, and so is an empty string.
+    """
+    value = get_field(obj, key, path, line, types=(str, int), required=required)
+    if value is None:
+        return None
+    name = key if isinstance(key, str) else key[0]
+    if isinstance(value, bool):
+        raise DataFormatError(path, f"field {name!r} must be str/int, got bool", line)
+    if value == "":
+        raise DataFormatError(path, f"field {name!r} is an empty id", line)
+    return str(value)
+
+
+def check_token(value: str, path: str | os.PathLike, what: str) -> str:
+    """Return ``value`` if it can be a field of a whitespace-separated (TREC) file, else raise."""
+    if not value or value.split() != [value]:
+        raise DataFormatError(path, f"cannot write {what} {value!r}: empty or contains whitespace")
+    return value

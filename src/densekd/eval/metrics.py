@@ -9,7 +9,8 @@ Data contracts
 * ``qrels``: ``dict[qid, dict[doc_id, int]]``, graded. A document is relevant when ``rel > 0``;
   nDCG uses the grade as its (linear) gain. Zero and negative grades are non-relevant.
 * Metric names are lower-case strings (``"ndcg@10"``, ``"mrr@10"``, ``"recall@100"``, ``"map"``,
-  ``"precision@5"``, ``"map@100"``, ``"ndcg"``, ``"mrr"``) and are returned verbatim as result keys.
+  ``"precision@5"``, ``"map@100"``, ``"ndcg"``, ``"mrr"``; matched case-insensitively) and are returned
+  verbatim as result keys.
 
 Which queries are averaged
 --------------------------
@@ -69,7 +70,7 @@ def parse_metric(name: str):
     >>> str(parse_metric("mrr@10"))
     'RR@10'
     """
-    match = _NAME_RE.match(name)
+    match = _NAME_RE.match(name.strip().lower())  # "nDCG@10" is accepted; the result key stays as given
     family, cutoff = (match.group(1), match.group(2)) if match else (None, None)
     if family not in _MEASURES or (_MEASURES[family][1] and cutoff is None):
         raise ValueError(f"unknown metric {name!r}; valid metrics: {', '.join(VALID_METRICS)} (k a positive integer)")

@@ -1,0 +1,88 @@
+"""Shared helpers for benchmark scripts: provenance (command, machine, date, commit) and output.
+
+Every benchmark writes ``bench/results/<name>.json`` (machine-readable), ``<name>.md`` (a Markdown
+table with the provenance block) and PNG plots beside them. Results must come from committed code:
+the git commit and a dirty flag are recorded so a reader can tell.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from densekd.data.io import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+SHARED_DATA = Path(os.environ.get("DENSEKD_DATA", REPO.parent / "shared" / "data"))
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def provenance() -> dict[str, Any]:
+    """Command line, date, git commit (+ dirty flag) and machine description."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--", "src", "bench")),
+        "machine": {
+            "cpu": cpu,
+            "logical_cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+    }
+
+
+def provenance_markdown(prov: dict[str, Any]) -> str:
+    """The provenance block that heads every results table."""
+    m = prov["machine"]
+    dirty = " (uncommitted changes!)" if prov["git_dirty"] else ""
+    return (f"- command: `{prov['command']}`\n- date: {prov['date']}\n"
+            f"- commit: `{prov['git_commit']}`{dirty}\n"
+            f"- machine: {m['cpu']}, {m['logical_cores']} cores ({m['torch_threads']} torch threads), "
+            f"{m['memory_gb']} GiB, Python {m['python']}, torch {m['torch']}\n")
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table; floats printed with 3 decimals."""
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(name: str, result: dict[str, Any], markdown_body: str) -> Path:
+    """Write ``<name>.json`` and ``<name>.md`` under ``bench/results`` (atomically)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS / f"{name}.json", result)
+    md = f"# {name}\n\n{provenance_markdown(result['provenance'])}\n{markdown_body}"
+    (RESULTS / f"{name}.md").write_text(md, encoding="utf-8")
+    return RESULTS / f"{name}.json"

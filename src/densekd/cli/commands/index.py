@@ -1,0 +1,123 @@
+"""``densekd index``: build a BM25 or a dense (FAISS) index over a BEIR ``corpus.jsonl``.
+
+Output folder (data contract, read by ``densekd search``)
+---------------------------------------------------------
+* ``densekd_index.json``: ``{"kind": "bm25"|"dense", "corpus": str, "passages": int}`` plus, for
+  dense, ``"model"`` (resolved checkpoint path), ``"max_length"`` and ``"factory"``. Written last,
+  so its presence means the index is complete; ``search`` takes the kind and the model from it.
+* ``bm25/``: a :class:`~densekd.index.bm25.BM25Index` folder (kind ``bm25``);
+* ``faiss/``: a :class:`~densekd.index.faiss_index.FaissIndex` folder and ``embeddings/``: the
+  passage embeddings of :func:`~densekd.index.encode.encode_corpus` (kind ``dense``). Embeddings are
+  kept so that an interrupted run resumes and another FAISS factory can be built without re-encoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from densekd.cli.config import add_config_arguments, config_from_args, settings_help
+
+MANIFEST = "densekd_index.json"
+
+
+@dataclass
+class BM25Settings:
+    """BM25 parameters (``bm25.*`` keys; see :class:`densekd.index.bm25.BM25Index`)."""
+
+    k1: float = field(default=1.5, metadata={"help": "term-frequency saturation"})
+    b: float = field(default=0.75, metadata={"help": "document-length normalisation"})
+    method: str = field(default="lucene", metadata={"help": "bm25s variant: lucene, robertson, atire, bm25l, bm25+"})
+    stemmer: str | None = field(default="english", metadata={"help": "PyStemmer language, null for none"})
+    stopwords: str | None = field(default="en", metadata={"help": "stop-word list name, null for none"})
+
+
+@dataclass
+class IndexConfig:
+    """Settings of ``densekd index`` (YAML keys = field names)."""
+
+    corpus: str = field(metadata={"help": "BEIR corpus.jsonl to index", "metavar": "FILE"})
+    out: str = field(metadata={"help": "output folder (created; an index already there is replaced)", "metavar": "DIR"})
+    kind: Literal["bm25", "dense"] = field(default="bm25", metadata={"help": "lexical BM25 or dense embeddings"})
+    model: str | None = field(default=None, metadata={
+        "help": "dense only: encoder checkpoint (HF, sentence-transformers or densekd folder); "
+                "default: bundled all-MiniLM-L6-v2", "metavar": "PATH"})
+    factory: str = field(default="Flat", metadata={
+        "help": "dense only: FAISS index_factory string, e.g. Flat, HNSW32, IVF1024,PQ64"})
+    batch_size: int = field(default=64, metadata={"help": "dense only: passages per encoder batch"})
+    max_length: int = field(default=256, metadata={"help": "dense only: passage length limit in tokens"})
+    allow_empty: bool = field(default=False, metadata={
+        "help": "accept passages with empty text (Cranfield has two)"})
+    bm25: BM25Settings = field(default_factory=BM25Settings)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_length < 1:
+            raise ValueError("batch_size and max_length must be positive")
+
+
+DESCRIPTION = """\
+Build a search index over a BEIR corpus.jsonl ({"_id", "title", "text"} per line).
+
+  bm25   lexical BM25 (bm25s, English stemming and stop words): no model, seconds on CPU.
+  dense  encode every passage (title + text) with a dense encoder, then build a FAISS index.
+         Embeddings are cached in OUT/embeddings, so an interrupted run resumes where it stopped.
+"""
+
+EPILOG = """\
+examples:
+  densekd index --corpus data/scifact/corpus.jsonl --out idx/scifact-bm25
+  densekd index --corpus data/scifact/corpus.jsonl --out idx/scifact-minilm --kind dense
+  densekd index --corpus data/scifact/corpus.jsonl --out idx/s --kind dense --model runs/student/final \\
+                --factory HNSW32 --batch-size 128
+  densekd index --config index.yaml --set bm25.k1=0.9
+
+settings available only in the config file or with --set:
+""" + settings_help(IndexConfig)
+
+
+def make_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``densekd index``."""
+    parser = subparsers.add_parser("index", help="build a BM25 or dense (FAISS) index over a corpus",
+                                   description=DESCRIPTION, epilog=EPILOG,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(parser, IndexConfig)
+    return parser
+
+
+def _build_bm25(cfg: IndexConfig, corpus: Any, out: Path) -> dict[str, Any]:
+    from densekd.index.bm25 import BM25Index
+
+    BM25Index(**asdict(cfg.bm25)).index(corpus).save(out / "bm25")
+    return {}
+
+
+def _build_dense(cfg: IndexConfig, corpus: Any, out: Path) -> dict[str, Any]:
+    from densekd.encoders.dense import DenseEncoder, resolve_model_path
+    from densekd.index.dense_search import default_fingerprint
+    from densekd.index.encode import encode_corpus
+
+    encoder = DenseEncoder.from_pretrained(cfg.model, passage_max_length=cfg.max_length)
+    # The fingerprint hashes the weights and config: cached embeddings of another model are never reused.
+    store = encode_corpus(encoder, corpus, out / "embeddings", batch_size=cfg.batch_size,
+                          fingerprint=default_fingerprint(encoder))
+    store.to_faiss(cfg.factory, metric="ip").save(out / "faiss")
+    return {"model": resolve_model_path(cfg.model), "max_length": cfg.max_length, "factory": cfg.factory}
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``densekd index``."""
+    cfg = config_from_args(args, IndexConfig)
+    from densekd.data.beir import load_corpus
+    from densekd.data.io import write_json
+
+    corpus = load_corpus(cfg.corpus, allow_empty=cfg.allow_empty)
+    out = Path(cfg.out)
+    (out / MANIFEST).unlink(missing_ok=True)  # an interrupted rebuild must not look finished
+    build = _build_bm25 if cfg.kind == "bm25" else _build_dense
+    manifest = {"kind": cfg.kind, "corpus": str(cfg.corpus), "passages": len(corpus), **build(cfg, corpus, out)}
+    write_json(out / MANIFEST, manifest)
+    print(f"densekd index: {len(corpus)} passages -> {out} ({cfg.kind})", file=sys.stderr)
+    return 0

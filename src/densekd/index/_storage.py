@@ -1,0 +1,101 @@
+"""Private on-disk helpers shared by the index modules: atomic folders and ``.npy`` id maps.
+
+Contracts
+---------
+* An id map is a 1-D numpy unicode array (dtype ``<U*``) saved with :func:`numpy.save`; it is read
+  with ``allow_pickle=False``, so an object array (which would need pickle) is rejected as bad input.
+* :func:`atomic_dir` builds a whole folder under a temporary name beside the target and renames it
+  into place only when every file is written, so a reader never sees half an index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from densekd.data.io import DataFormatError, atomic_write, require_file
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary folder that replaces ``path`` when the block completes.
+
+    An existing ``path`` is moved aside first and deleted only after the new folder is in place,
+    because a directory cannot be renamed over a non-empty one in a single step.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / "dir")
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def save_ids(path: str | os.PathLike, ids: Sequence[str]) -> None:
+    """Atomically write ``ids`` as a unicode ``.npy`` array (never pickled)."""
+    arr = np.asarray(list(ids), dtype=np.str_)
+    save_npy(path, arr)
+
+
+def save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Atomically write ``arr`` to ``path`` with :func:`numpy.save`, refusing object arrays."""
+    # Writing through a handle: given a file *name* not ending in .npy, np.save appends the suffix,
+    # which would miss the temporary file that is renamed into place.
+    with atomic_write(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+
+
+def load_ids(path: str | os.PathLike) -> list[str]:
+    """Read an id map written by :func:`save_ids`.
+
+    Raises
+    ------
+    DataFormatError
+        When the file is missing, unreadable, pickled, or not a 1-D unicode array.
+    """
+    p = require_file(path)
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataFormatError(p, f"not a readable .npy id map ({e})") from None
+    if arr.ndim != 1 or arr.dtype.kind != "U":
+        raise DataFormatError(p, f"id map must be a 1-D unicode array, got dtype {arr.dtype} shape {arr.shape}")
+    return arr.tolist()
+
+
+def read_json_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object from ``path``, raising :class:`DataFormatError` when it is missing or bad."""
+    p = require_file(path)
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataFormatError(p, f"malformed JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(p, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def require_keys(obj: dict[str, Any], keys: dict[str, type | tuple[type, ...]], path: str | os.PathLike) -> None:
+    """Check that ``obj`` has each key with the given type (metadata files written by this package)."""
+    for key, types in keys.items():
+        if key not in obj:
+            raise DataFormatError(path, f"missing field {key!r}")
+        if not isinstance(obj[key], types) or isinstance(obj[key], bool) and types is int:
+            raise DataFormatError(path, f"field {key!r} has the wrong type ({type(obj[key]).__name__})")

@@ -1,0 +1,194 @@
+"""BM25 lexical retrieval on `bm25s <https://github.com/xhluca/bm25s>`_ with PyStemmer.
+
+Tokenisation is bm25s's (scikit-learn style ``\\b\\w\\w+\\b`` words, lower-cased, stop words removed,
+then stemmed); documents are indexed as :meth:`Passage.full_text` (title and text).
+
+Retrieval contract
+------------------
+* Only documents sharing at least one term with the query are returned (as in Lucene), so a query
+  whose tokens are all stop words or unknown gets an empty ranking ``{}``.
+* ``k`` is clipped to the corpus size. Scores are plain BM25 (higher = better).
+
+On-disk format (a folder, written atomically: built under a temporary name, then renamed)
+------------------------------------------------------------------------------------------
+* the files of ``bm25s.BM25.save`` (``data/indices/indptr.csc.index.npy``, ``vocab.index.json``,
+  ``params.index.json``, ...), never pickled;
+* ``ids.npy``: passage ids, a 1-D unicode array, row ``i`` = bm25s document ``i``;
+* ``tokenizer.json``: ``{"stemmer": str | null, "stopwords": str | list[str] | null}``, so that
+  queries are tokenised after loading exactly as the corpus was.
+
+Example
+-------
+>>> from densekd.data.types import Passage, Query
+>>> bm25 = BM25Index().index([Passage("a", "cats purr"), Passage("b", "dogs bark")], show_progress=False)
+>>> bm25.search({"q": "a barking dog", "stop": "the of"}, k=5, show_progress=False)["stop"]
+{}
+>>> list(bm25.search({"q": "a barking dog"}, k=5, show_progress=False)["q"])
+['b']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import bm25s
+import numpy as np
+import Stemmer
+from tqdm.auto import tqdm
+
+from densekd.data.io import DataFormatError, require_file, write_json
+from densekd.data.types import Corpus, Passage, Queries, Query, Run
+from densekd.index._storage import atomic_dir, load_ids, read_json_file, save_ids
+
+__all__ = ["BM25Index"]
+
+IDS_FILE = "ids.npy"
+TOKENIZER_FILE = "tokenizer.json"
+# bm25s's own files; we check they exist so a missing one is reported by name, not as a KeyError.
+BM25S_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
+               "vocab.index.json", "params.index.json")
+
+
+class BM25Index:
+    """A BM25 index over passages with string ids.
+
+    Parameters
+    ----------
+    k1, b
+        BM25 term-frequency saturation and length normalisation.
+    method
+        bm25s scoring variant: ``"lucene"`` (default), ``"robertson"``, ``"atire"``, ``"bm25l"``,
+        ``"bm25+"``.
+    stemmer
+        A PyStemmer language name (``"english"``) or ``None`` for no stemming.
+    stopwords
+        A bm25s stop-word set name (``"en"``), an explicit list, or ``None``.
+    """
+
+    def __init__(self, k1: float = 1.5, b: float = 0.75, method: str = "lucene",
+                 stemmer: str | None = "english", stopwords: str | list[str] | None = "en"):
+        self.k1, self.b, self.method = k1, b, method
+        self.stemmer_name = stemmer
+        self.stopwords = stopwords
+        self._stemmer = Stemmer.Stemmer(stemmer) if stemmer else None
+        self._bm25: bm25s.BM25 | None = None
+        self.ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _tokenize(self, texts: list[str], show_progress: bool) -> list[list[str]]:
+        return bm25s.tokenize(texts, stopwords=self.stopwords or None, stemmer=self._stemmer,
+                              return_ids=False, show_progress=show_progress)
+
+    def index(self, corpus: Corpus | Iterable[Passage], show_progress: bool = True) -> BM25Index:
+        """Index ``corpus`` (replacing any previous content) and return ``self``.
+
+        Parameters
+        ----------
+        corpus
+            A :data:`Corpus` mapping or any iterable of :class:`Passage`; ids must be unique.
+        show_progress
+            Show bm25s's tokenisation and indexing progress bars.
+        """
+        passages = list(corpus.values()) if isinstance(corpus, Mapping) else list(corpus)
+        if not passages:
+            raise ValueError("cannot build a BM25 index over an empty corpus")
+        ids = [p.id for p in passages]
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate passage ids in the corpus")
+        tokens = self._tokenize([p.full_text() for p in passages], show_progress)
+        # bm25s builds its vocabulary from a set, whose order changes from run to run (string hash
+        # seeds); a sorted vocabulary makes the saved index byte-for-byte reproducible.
+        vocab = {tok: i for i, tok in enumerate(sorted({t for doc in tokens for t in doc}))}
+        token_ids = [[vocab[t] for t in doc] for doc in tokens]
+        self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
+        self._bm25.index((token_ids, vocab), show_progress=show_progress)
+        self.ids = ids
+        return self
+
+    def _require_index(self) -> bm25s.BM25:
+        if self._bm25 is None:
+            raise RuntimeError("the BM25 index is empty: call .index(corpus) or BM25Index.load(dir) first")
+        return self._bm25
+
+    def search(self, queries: Queries | Mapping[str, str], k: int = 100, show_progress: bool = True) -> Run:
+        """Retrieve the top ``k`` passages for each query.
+
+        Parameters
+        ----------
+        queries
+            ``qid -> Query`` or ``qid -> text``.
+        k
+            Ranking depth, clipped to the corpus size.
+        show_progress
+            Show a progress bar over queries.
+
+        Returns
+        -------
+        Run
+            ``qid -> {pid: score}`` with only passages that match a query term; every qid is present.
+        """
+        bm25 = self._require_index()
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        qids = list(queries)
+        texts = [q.text if isinstance(q, Query) else q for q in queries.values()]
+        tokens = self._tokenize(texts, show_progress=False)
+        run: Run = {}
+        for qid, toks in zip(tqdm(qids, desc="BM25 search", disable=not show_progress), tokens):
+            run[qid] = self._search_one(bm25, toks, k)
+        return run
+
+    def _search_one(self, bm25: bm25s.BM25, tokens: list[str], k: int) -> dict[str, float]:
+        token_ids = [bm25.vocab_dict[t] for t in tokens if t and t in bm25.vocab_dict]
+        if not token_ids:
+            return {}
+        indices, indptr = bm25.scores["indices"], bm25.scores["indptr"]
+        # Documents containing a query term, read off the CSC columns: restricting the ranking to them
+        # (Lucene semantics) keeps unrelated zero-score documents out of short result lists.
+        matched = np.unique(np.concatenate([indices[indptr[t]:indptr[t + 1]] for t in token_ids]))
+        scores = bm25.get_scores_from_ids(token_ids)[matched]
+        if len(matched) > k:
+            top = np.argpartition(-scores, k - 1)[:k]
+            matched, scores = matched[top], scores[top]
+        order = np.argsort(-scores, kind="stable")
+        return {self.ids[i]: float(s) for i, s in zip(matched[order], scores[order])}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index folder described in the module docstring (atomically)."""
+        bm25 = self._require_index()
+        with atomic_dir(path) as tmp:
+            bm25.save(str(tmp), show_progress=False)
+            save_ids(tmp / IDS_FILE, self.ids)
+            write_json(tmp / TOKENIZER_FILE, {"stemmer": self.stemmer_name, "stopwords": self.stopwords})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BM25Index:
+        """Load a folder written by :meth:`save`.
+
+        Raises
+        ------
+        DataFormatError
+            Naming the file, when a file is missing or when ``ids.npy`` does not have one id per
+            indexed document.
+        """
+        root = Path(path)
+        for name in BM25S_FILES:
+            require_file(root / name)
+        ids = load_ids(root / IDS_FILE)
+        tok_cfg = read_json_file(root / TOKENIZER_FILE)
+        try:
+            bm25 = bm25s.BM25.load(str(root), mmap=False, show_progress=False)
+        except (ValueError, OSError, KeyError) as e:
+            raise DataFormatError(root, f"cannot read the bm25s index ({e})") from None
+        n_docs = int(bm25.scores["num_docs"])
+        if len(ids) != n_docs:
+            raise DataFormatError(root / IDS_FILE, f"{len(ids)} ids for an index of {n_docs} documents")
+        params: dict[str, Any] = {"k1": bm25.k1, "b": bm25.b, "method": bm25.method}
+        index = cls(**params, stemmer=tok_cfg.get("stemmer"), stopwords=tok_cfg.get("stopwords"))
+        index._bm25, index.ids = bm25, ids
+        return index

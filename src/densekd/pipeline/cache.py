@@ -1,0 +1,89 @@
+"""Content-addressed cache for the pipeline's one-time costs.
+
+A step's output lives in ``<cache_dir>/<step>/<key>/`` where ``key`` is a short sha256 of everything the
+output depends on: the data files' bytes, the model's fingerprint and the step's settings (and the keys
+of the steps it consumes). A ``DONE.json`` marker, written last and atomically, says the folder is
+complete; a folder without it (an interrupted run) is cleared and recomputed, so a half-written output is
+never taken as finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from densekd.data.io import write_json
+
+MARKER = "DONE.json"
+
+
+def _canonical(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _canonical(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items())}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def cache_key(*parts: Any, length: int = 16) -> str:
+    """Stable short hash of JSON-able ``parts`` (dataclasses and paths allowed).
+
+    Examples
+    --------
+    >>> cache_key({"b": 1, "a": 2}) == cache_key({"a": 2, "b": 1})
+    True
+    """
+    blob = json.dumps(_canonical(list(parts)), sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def file_digest(*paths: str | Path, length: int = 16) -> str:
+    """sha256 over the bytes of ``paths`` (streamed), used to key steps on their input data."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:length]
+
+
+def is_done(folder: Path) -> bool:
+    """Whether ``folder`` holds a completed step output."""
+    return (folder / MARKER).is_file()
+
+
+def cached_step(folder: Path, compute: Callable[[Path], dict[str, Any] | None],
+                meta: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+    """Run ``compute(folder)`` unless ``folder`` is already complete.
+
+    Parameters
+    ----------
+    folder
+        The step's output folder (``<cache>/<step>/<key>``).
+    compute
+        Writes its outputs into the folder and returns a JSON-able summary (or ``None``).
+    meta
+        Settings recorded in the marker for humans.
+
+    Returns
+    -------
+    (summary, reused)
+        The summary stored in the marker, and ``True`` when nothing was recomputed.
+    """
+    if is_done(folder):
+        return json.loads((folder / MARKER).read_text(encoding="utf-8"))["summary"], True
+    if folder.exists():  # leftovers of an interrupted run: never trust them
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    summary = compute(folder) or {}
+    write_json(folder / MARKER, {"summary": summary, "meta": meta or {}})
+    return summary, False
