@@ -1,0 +1,52 @@
+"""Distillation and contrastive losses for dense retrievers.
+
+Every loss is an ``nn.Module`` with ``forward(scores: ScoreBatch) -> dict[str, Tensor]`` of named
+scalar components; the math lives in a pure tensor function next to it. Inputs are raw scores
+(logits) for both student and teacher, never probabilities. See :mod:`densekd.losses.scores` for the
+batch layout and the DDP loss-scaling convention.
+"""
+
+from __future__ import annotations
+
+from densekd.losses.combine import LOSS_REGISTRY, WeightedSum, build_loss
+from densekd.losses.contrastive import InfoNCE, info_nce_loss
+from densekd.losses.kl import KLDistillation, kl_distillation_loss
+from densekd.losses.listwise import ListNet, RankNet, listnet_loss, ranknet_loss
+from densekd.losses.margin_mse import MarginMSE, margin_mse_loss
+from densekd.losses.mse import ScoreMSE, score_mse_loss
+from densekd.losses.scores import (
+    InBatchScores,
+    ScoreBatch,
+    gather_with_grad,
+    global_in_batch,
+    group_scores,
+    in_batch_scores,
+    maxsim,
+    maxsim_grouped,
+)
+
+__all__ = [
+    "LOSS_REGISTRY",
+    "InBatchScores",
+    "InfoNCE",
+    "KLDistillation",
+    "ListNet",
+    "MarginMSE",
+    "RankNet",
+    "ScoreBatch",
+    "ScoreMSE",
+    "WeightedSum",
+    "build_loss",
+    "gather_with_grad",
+    "global_in_batch",
+    "group_scores",
+    "in_batch_scores",
+    "info_nce_loss",
+    "kl_distillation_loss",
+    "listnet_loss",
+    "margin_mse_loss",
+    "maxsim",
+    "maxsim_grouped",
+    "ranknet_loss",
+    "score_mse_loss",
+]

@@ -1,0 +1,114 @@
+"""Reductions and masking shared by the densekd losses (private module).
+
+Units: every input here is a raw score (logit); probabilities only exist inside these functions.
+Shapes: ``B`` instances (queries), ``C`` candidates per instance.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def weighted_mean(values: Tensor, weights: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+    """Weighted mean of per-instance losses, ``[B] -> []``.
+
+    Parameters
+    ----------
+    values
+        ``[B]`` per-instance losses. Entries with zero effective weight may be non-finite (e.g. the loss
+        of an all-padded row); they are excluded from the value *and* the gradient.
+    weights
+        ``[B]`` non-negative instance weights, or ``None`` for uniform. Treated as constants (detached):
+        self-paced weights are a selection, not something to optimise through.
+    valid
+        ``[B]`` bool, ``False`` drops the instance (multiplies its weight by 0).
+
+    Returns
+    -------
+    Tensor
+        ``sum(w * values) / sum(w)``; exactly ``0`` (not NaN) when every weight is zero.
+
+    Examples
+    --------
+    >>> weighted_mean(torch.tensor([1.0, 3.0]), torch.tensor([3.0, 1.0])).item()
+    1.5
+    >>> weighted_mean(torch.tensor([1.0, float("inf")]), valid=torch.tensor([True, False])).item()
+    1.0
+    """
+    w = torch.ones_like(values) if weights is None else weights.detach().to(values.dtype)
+    if valid is not None:
+        w = w * valid.to(values.dtype)
+    # `where` rather than `values * w` alone: 0 * inf is NaN, in the forward pass and in the backward.
+    values = torch.where(w > 0, values, torch.zeros_like(values))
+    # clamp: with all-zero weights the numerator is exactly 0, so 0 / tiny = 0 instead of 0 / 0 = NaN.
+    return (values * w).sum() / w.sum().clamp_min(torch.finfo(values.dtype).tiny)
+
+
+def masked_log_softmax(logits: Tensor, mask: Tensor | None) -> Tensor:
+    """``log_softmax`` over the last dim with padded candidates excluded, ``[B, C] -> [B, C]``.
+
+    Padded entries come out as ``-inf`` (probability exactly 0) and receive zero gradient. A row whose
+    candidates are *all* padded would be ``-inf - (-inf) = NaN``; it is returned as a finite uniform
+    row instead and the caller drops it through a zero weight.
+
+    Parameters
+    ----------
+    logits
+        ``[B, C]`` raw scores, already divided by any temperature (dividing after the fill would turn
+        a finite fill value into ``inf`` for temperatures below 1, hence ``-inf`` here).
+    mask
+        ``[B, C]`` (or broadcastable) bool, ``False`` = padded; ``None`` = nothing padded.
+    """
+    if mask is None:
+        return torch.log_softmax(logits, dim=-1)
+    mask = mask.expand_as(logits)
+    logits = logits.masked_fill(~mask, float("-inf"))
+    logits = logits.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def soft_cross_entropy_terms(
+    student: Tensor, teacher: Tensor, mask: Tensor | None, student_temperature: float,
+    teacher_temperature: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Target probabilities and both log-distributions for listwise distillation, all ``[B, C]``.
+
+    Returns ``(p, log_p, log_q)`` with ``p = softmax(teacher / Tt)``, ``log_q = log_softmax(student /
+    Ts)``; padded entries are ``p = 0`` and ``log_p = log_q = 0`` so that products such as
+    ``p * (log_p - log_q)`` are exactly 0 there (with ``-inf`` they would be NaN). The teacher is
+    detached: it is a target, never trained through a distillation loss. Math runs in float32 so
+    fp16/bf16 autocast logits do not lose the tail of the softmax.
+    """
+    log_q = masked_log_softmax(student.float() / student_temperature, mask)
+    log_p = masked_log_softmax(teacher.detach().float() / teacher_temperature, mask)
+    p = log_p.exp()
+    if mask is not None:
+        mask = mask.expand_as(log_q)
+        p = p.masked_fill(~mask, 0.0)  # all-padded rows came back uniform, not 0
+        log_p = log_p.masked_fill(~mask, 0.0)
+        log_q = log_q.masked_fill(~mask, 0.0)
+    return p, log_p, log_q
+
+
+def check_teacher(teacher: Tensor | None, student: Tensor, loss_name: str) -> Tensor:
+    """Return ``teacher`` after checking it exists and matches ``student``'s ``[B, G]`` shape."""
+    if teacher is None:
+        raise ValueError(
+            f"{loss_name} needs teacher scores but ScoreBatch.teacher is None; annotate the training "
+            "groups with a teacher first (teacher_scores) or drop this loss"
+        )
+    if teacher.shape != student.shape:
+        raise ValueError(
+            f"{loss_name}: teacher scores have shape {tuple(teacher.shape)} but student scores have "
+            f"shape {tuple(student.shape)}; both must be [B, G]"
+        )
+    return teacher
+
+
+def check_temperature(value: float, name: str) -> float:
+    """Return ``value`` as a float, raising ``ValueError`` unless it is a positive finite number."""
+    value = float(value)
+    if not (value > 0 and value != float("inf")):
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return value

@@ -1,0 +1,175 @@
+"""Learning-to-rank distillation losses: ListNet (listwise) and RankNet (pairwise).
+
+Units: raw student and teacher scores (logits) over the same ``[B, G]`` candidates. ListNet turns the
+teacher's into a target distribution with a softmax; RankNet only uses the teacher's *order*.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densekd.losses._common import (
+    check_teacher,
+    check_temperature,
+    soft_cross_entropy_terms,
+    weighted_mean,
+)
+from densekd.losses.scores import ScoreBatch
+
+
+def listnet_loss(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    student_temperature: float = 1.0,
+    teacher_temperature: float = 1.0,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """ListNet top-one cross-entropy ``-sum_j softmax(t / Tt)_j * log_softmax(s / Ts)_j``.
+
+    Equals the KL loss plus the teacher's entropy (a constant for the student), so the gradients
+    match :func:`densekd.losses.kl.kl_distillation_loss` without ``T**2`` scaling, but the value does
+    not reach 0.
+
+    Parameters
+    ----------
+    student, teacher
+        ``[B, G]`` raw scores; the teacher is detached.
+    student_temperature, teacher_temperature
+        ``Ts`` and ``Tt``.
+    mask
+        ``[B, G]`` bool, ``False`` = padded (excluded from both softmaxes). Rows with no real candidate
+        are dropped.
+    weights
+        ``[B]`` non-negative instance weights or ``None``.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> loss = listnet_loss(torch.zeros(1, 2), torch.tensor([[5.0, -5.0]]))
+    >>> round(loss.item(), 6) == round(math.log(2), 6)
+    True
+    """
+    p, _, log_q = soft_cross_entropy_terms(student, teacher, mask, student_temperature, teacher_temperature)
+    per_row = -(p * log_q).sum(dim=-1)
+    return weighted_mean(per_row, weights, None if mask is None else mask.any(dim=-1))
+
+
+def ranknet_loss(
+    student: Tensor,
+    teacher: Tensor,
+    *,
+    sigma: float = 1.0,
+    mask: Tensor | None = None,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """RankNet: ``log(1 + exp(-sigma * (s_j - s_k)))`` for every pair the teacher orders ``t_j > t_k``.
+
+    Averaged over a query's ordered pairs, then (weighted) over queries. Teacher ties give no pair;
+    queries without any pair (one real candidate, or all teacher scores tied) are dropped.
+
+    Parameters
+    ----------
+    student, teacher
+        ``[B, G]`` raw scores; the teacher is detached and only its order matters.
+    sigma
+        Steepness of the pairwise logistic.
+    mask
+        ``[B, G]`` bool, ``False`` = padded (in no pair).
+    weights
+        ``[B]`` non-negative instance weights or ``None``.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+
+    Examples
+    --------
+    >>> import math, torch
+    >>> loss = ranknet_loss(torch.tensor([[0.0, 1.0]]), torch.tensor([[2.0, 1.0]]))
+    >>> round(loss.item(), 6) == round(math.log(1 + math.exp(1)), 6)
+    True
+    """
+    if student.shape != teacher.shape or student.ndim != 2:
+        raise ValueError(
+            f"RankNet needs student and teacher scores of the same [B, G] shape, got student "
+            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
+        )
+    s, t = student.float(), teacher.detach().float()
+    if mask is not None:
+        s, t = s.masked_fill(~mask, 0.0), t.masked_fill(~mask, 0.0)  # keep inf out of the gradient
+    pairs = t[:, :, None] > t[:, None, :]  # [B, G, G]: candidate j should beat candidate k
+    if mask is not None:
+        pairs = pairs & mask[:, :, None] & mask[:, None, :]
+    # softplus(-x) = log(1 + exp(-x)), computed without overflow
+    pair_loss = F.softplus(-sigma * (s[:, :, None] - s[:, None, :]))
+    count = pairs.sum(dim=(1, 2))
+    per_row = (pair_loss * pairs).sum(dim=(1, 2)) / count.clamp_min(1)
+    return weighted_mean(per_row, weights, count > 0)
+
+
+class ListNet(nn.Module):
+    """ListNet cross-entropy to the teacher's softmax; component ``"listnet"``. Needs a teacher.
+
+    Parameters
+    ----------
+    student_temperature, teacher_temperature
+        Divide the student scores / teacher logits before their softmax.
+    """
+
+    def __init__(self, student_temperature: float = 1.0, teacher_temperature: float = 1.0) -> None:
+        super().__init__()
+        self.student_temperature = check_temperature(student_temperature, "student_temperature")
+        self.teacher_temperature = check_temperature(teacher_temperature, "teacher_temperature")
+
+    def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
+        """Return ``{"listnet": scalar}``."""
+        teacher = check_teacher(scores.teacher, scores.student, "ListNet")
+        loss = listnet_loss(
+            scores.student,
+            teacher,
+            student_temperature=self.student_temperature,
+            teacher_temperature=self.teacher_temperature,
+            mask=scores.mask,
+            weights=scores.weights,
+        )
+        return {"listnet": loss}
+
+    def extra_repr(self) -> str:
+        return (
+            f"student_temperature={self.student_temperature}, "
+            f"teacher_temperature={self.teacher_temperature}"
+        )
+
+
+class RankNet(nn.Module):
+    """Pairwise logistic loss on teacher-ordered pairs; component ``"ranknet"``. Needs a teacher.
+
+    Parameters
+    ----------
+    sigma
+        Steepness of the pairwise logistic, ``log(1 + exp(-sigma * (s_j - s_k)))``.
+    """
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        super().__init__()
+        self.sigma = check_temperature(sigma, "sigma")
+
+    def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
+        """Return ``{"ranknet": scalar}``."""
+        teacher = check_teacher(scores.teacher, scores.student, "RankNet")
+        loss = ranknet_loss(
+            scores.student, teacher, sigma=self.sigma, mask=scores.mask, weights=scores.weights
+        )
+        return {"ranknet": loss}
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}"

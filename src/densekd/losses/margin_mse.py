@@ -1,0 +1,81 @@
+"""MarginMSE (Hofstätter et al., 2020): regress the student's score margins onto the teacher's.
+
+Units: raw scores (logits) on both sides, no softmax. Only *differences* of scores enter, so the loss
+is invariant to adding a per-query constant to either side, but not to rescaling: a teacher whose
+logits span [-10, 10] asks a cosine student (scores in [-1, 1]) for impossible margins; scale one side
+or use :mod:`densekd.losses.kl` instead.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from densekd.losses._common import check_teacher, weighted_mean
+from densekd.losses.scores import ScoreBatch
+
+
+def margin_mse_loss(
+    student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, weights: Tensor | None = None
+) -> Tensor:
+    """Mean squared error between ``s_pos - s_neg_j`` and ``t_pos - t_neg_j`` over every negative ``j``.
+
+    Averaged over a query's real negatives, then (weighted) over queries, so a query counts once
+    however many negatives it has.
+
+    Parameters
+    ----------
+    student, teacher
+        ``[B, G]`` raw scores, column 0 the positive, ``G >= 2``. The teacher is detached.
+    mask
+        ``[B, G]`` bool, ``False`` = padded. Padded negatives are skipped; queries with a padded
+        positive or no real negative are dropped.
+    weights
+        ``[B]`` non-negative instance weights or ``None``.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes or ``G < 2`` (no margin to compute).
+
+    Examples
+    --------
+    >>> import torch
+    >>> margin_mse_loss(torch.tensor([[3.0, 1.0]]), torch.tensor([[5.0, 2.0]])).item()
+    1.0
+    """
+    if student.shape != teacher.shape or student.ndim != 2:
+        raise ValueError(
+            f"MarginMSE needs student and teacher scores of the same [B, G] shape, got student "
+            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
+        )
+    if student.shape[1] < 2:
+        raise ValueError(f"MarginMSE needs a positive and >= 1 negative per query, got G={student.shape[1]}")
+    s, t = student.float(), teacher.detach().float()
+    if mask is not None:
+        # padded slots may hold anything (even -inf); overwrite so no inf/NaN reaches the gradient
+        s, t = s.masked_fill(~mask, 0.0), t.masked_fill(~mask, 0.0)
+    sq = ((s[:, :1] - s[:, 1:]) - (t[:, :1] - t[:, 1:])) ** 2  # [B, G-1]
+    if mask is None:
+        return weighted_mean(sq.mean(dim=-1), weights)
+    real = mask[:, 1:] & mask[:, :1]
+    count = real.sum(dim=-1)
+    per_row = (sq * real).sum(dim=-1) / count.clamp_min(1)
+    return weighted_mean(per_row, weights, count > 0)
+
+
+class MarginMSE(nn.Module):
+    """MarginMSE over every (positive, negative) pair of a group; component ``"margin_mse"``.
+
+    Needs ``ScoreBatch.teacher``; no constructor arguments.
+    """
+
+    def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
+        """Return ``{"margin_mse": scalar}``."""
+        teacher = check_teacher(scores.teacher, scores.student, "MarginMSE")
+        loss = margin_mse_loss(scores.student, teacher, mask=scores.mask, weights=scores.weights)
+        return {"margin_mse": loss}

@@ -1,0 +1,62 @@
+"""Pointwise MSE between raw student and raw teacher scores.
+
+Units: raw scores (logits) on both sides, compared as they are: the student must reproduce the
+teacher's absolute scale, which suits teachers and students that share a score range (e.g. a
+bi-encoder teacher). For cross-encoder logits prefer margins (:mod:`densekd.losses.margin_mse`) or
+distributions (:mod:`densekd.losses.kl`).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from densekd.losses._common import check_teacher, weighted_mean
+from densekd.losses.scores import ScoreBatch
+
+
+def score_mse_loss(
+    student: Tensor, teacher: Tensor, *, mask: Tensor | None = None, weights: Tensor | None = None
+) -> Tensor:
+    """``(student - teacher) ** 2`` averaged over a query's real candidates, then over queries.
+
+    Parameters
+    ----------
+    student, teacher
+        ``[B, G]`` raw scores; the teacher is detached.
+    mask
+        ``[B, G]`` bool, ``False`` = padded (skipped). Rows with no real candidate are dropped.
+    weights
+        ``[B]`` non-negative instance weights or ``None``.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+
+    Examples
+    --------
+    >>> import torch
+    >>> score_mse_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])).item()
+    2.5
+    """
+    if student.shape != teacher.shape or student.ndim != 2:
+        raise ValueError(
+            f"ScoreMSE needs student and teacher scores of the same [B, G] shape, got student "
+            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
+        )
+    s, t = student.float(), teacher.detach().float()
+    if mask is None:
+        return weighted_mean(((s - t) ** 2).mean(dim=-1), weights)
+    s, t = s.masked_fill(~mask, 0.0), t.masked_fill(~mask, 0.0)  # no inf from padded slots
+    count = mask.sum(dim=-1)
+    per_row = ((s - t) ** 2).sum(dim=-1) / count.clamp_min(1)
+    return weighted_mean(per_row, weights, count > 0)
+
+
+class ScoreMSE(nn.Module):
+    """MSE on raw scores; component ``"mse"``. Needs ``ScoreBatch.teacher``; no arguments."""
+
+    def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
+        """Return ``{"mse": scalar}``."""
+        teacher = check_teacher(scores.teacher, scores.student, "ScoreMSE")
+        return {"mse": score_mse_loss(scores.student, teacher, mask=scores.mask, weights=scores.weights)}
