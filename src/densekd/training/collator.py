@@ -1,0 +1,126 @@
+"""Batch :class:`~densekd.training.dataset.TrainGroupDataset` items for :class:`DistillTrainer`.
+
+Data contract
+-------------
+``DistillCollator(tokenize_query, tokenize_passage)(items)`` with ``B`` items of ``G`` candidates returns::
+
+    {"query": dict[str, Tensor],          # tokenize_query(B query texts): input_ids[B, Lq], ...
+     "passage": dict[str, Tensor] | None, # tokenize_passage(B*G texts), group-major: row i*G + j is
+                                          #   candidate j of query i; None when tokenize_passage is None
+     "teacher_scores": Tensor | None,     # float32[B, G] raw teacher logits aligned with pids, or None
+     "mask": Tensor,                      # bool[B, G]; False = a repeat of an earlier id in the same group
+     "pids": list[list[str]]}             # [B][G] candidate ids (query_only mode looks vectors up by these)
+
+``mask`` implements the dataset's "pad by repeating" contract: padding repeats ids, and every
+repeated id (also a positive that reappears among the negatives, or a duplicated negative in the file)
+is excluded from the losses instead of being counted twice. It is always a tensor, never ``None``, so
+every DDP rank runs the same collectives when the masks are gathered for in-batch negatives.
+
+The tokenize functions take a list of texts and return tokenizer output (``padding``/``truncation``
+done inside). :class:`TextTokenizer` is a picklable one built from an HF tokenizer, which
+dataloader workers started with ``spawn`` need (a bound ``DenseEncoder`` method would pickle the
+whole model into each worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+TokenizeFn = Callable[[list[str]], Any]
+
+
+@dataclass
+class TextTokenizer:
+    """Picklable ``texts -> dict[str, Tensor]`` tokenize function (prefix, truncation, padding).
+
+    Same output as :meth:`DenseEncoder.tokenize_queries / tokenize_passages
+    <densekd.encoders.dense.DenseEncoder.tokenize_queries>` for the same prefix and max length.
+    """
+
+    tokenizer: Any
+    max_length: int
+    prefix: str = ""
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        texts = [self.prefix + t for t in texts] if self.prefix else list(texts)
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt"))
+
+
+def repeat_mask(pids: Sequence[Sequence[str]]) -> torch.Tensor:
+    """``bool[B, G]``: ``True`` at the first occurrence of each id within its group.
+
+    Examples
+    --------
+    >>> repeat_mask([["p", "n1", "n1"], ["p", "p", "n2"]]).tolist()
+    [[True, True, False], [True, False, True]]
+    """
+    rows = []
+    for group in pids:
+        seen: set[str] = set()
+        rows.append([not (pid in seen or seen.add(pid)) for pid in group])
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+class DistillCollator:
+    """Tokenise queries and group-major passages; stack teacher scores (module docstring).
+
+    Parameters
+    ----------
+    tokenize_query
+        ``list[str] -> dict[str, Tensor]`` for the ``B`` queries.
+    tokenize_passage
+        ``list[str] -> dict[str, Tensor]`` for the ``B * G`` passages, or ``None`` in ``query_only``
+        mode (the trainer reads passage vectors from its embedding table by ``pids``).
+    """
+
+    def __init__(self, tokenize_query: TokenizeFn, tokenize_passage: TokenizeFn | None = None):
+        self.tokenize_query = tokenize_query
+        self.tokenize_passage = tokenize_passage
+
+    @classmethod
+    def from_encoder(cls, encoder: Any, query_only: bool = False) -> DistillCollator:
+        """Collator with the prefixes and max lengths of a :class:`~densekd.encoders.dense.DenseEncoder`."""
+        cfg = encoder.config
+        query = TextTokenizer(encoder.tokenizer, cfg.query_max_length, cfg.query_prefix)
+        passage = None if query_only else TextTokenizer(encoder.tokenizer, cfg.passage_max_length, cfg.passage_prefix)
+        return cls(query, passage)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        if not items:
+            raise ValueError("DistillCollator got an empty batch")
+        pids = [list(item["pids"]) for item in items]
+        group_size = len(pids[0])
+        if any(len(g) != group_size for g in pids):
+            raise ValueError(f"all items of a batch need the same group size, got {sorted({len(g) for g in pids})}")
+        batch: dict[str, Any] = {
+            "query": dict(self.tokenize_query([item["query"] for item in items])),
+            "passage": None,
+            "teacher_scores": _stack_teacher_scores(items, group_size),
+            "mask": repeat_mask(pids),
+            "pids": pids,
+        }
+        if self.tokenize_passage is not None:
+            texts = [text for item in items for text in item["passages"]]  # group-major
+            if len(texts) != len(items) * group_size:
+                raise ValueError("every item needs one passage text per pid")
+            batch["passage"] = dict(self.tokenize_passage(texts))
+        return batch
+
+
+def _stack_teacher_scores(items: list[dict[str, Any]], group_size: int) -> torch.Tensor | None:
+    """``float32[B, G]`` or ``None``; a batch mixing annotated and unannotated groups is an error."""
+    scores = [item.get("teacher_scores") for item in items]
+    missing = sum(s is None for s in scores)
+    if missing == len(items):
+        return None
+    if missing:
+        raise ValueError(f"{missing} of {len(items)} items in a batch have no teacher scores; annotate every "
+                         "training group with the teacher (or none of them)")
+    if any(len(s) != group_size for s in scores):
+        raise ValueError("teacher_scores must have one value per pid")
+    return torch.tensor(scores, dtype=torch.float32)

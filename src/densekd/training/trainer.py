@@ -1,0 +1,283 @@
+"""``DistillTrainer``: the HF ``Trainer`` with a distillation ``compute_loss`` and densekd saving.
+
+Data contract
+-------------
+* ``model``: a :class:`~densekd.encoders.dense.DenseEncoder`; ``args``: a
+  :class:`~densekd.training.config.DistillConfig`; batches come from
+  :class:`~densekd.training.collator.DistillCollator` (``query``, ``passage``, ``teacher_scores``,
+  ``mask``, ``pids``); ``loss_fn`` is a :class:`densekd.losses.WeightedSum` (default:
+  ``build_loss(args.loss)``) returning weighted components plus their total under ``"loss"``.
+* Scores handed to the losses (:class:`densekd.losses.ScoreBatch`): ``student[B, G]`` = each query
+  against its own group; with ``use_in_batch_negatives`` also ``in_batch[B, N]`` against every passage
+  of the global batch (gathered across DDP ranks by :func:`densekd.losses.global_in_batch`, the one
+  place that talks to ``torch.distributed``); ``teacher[B, G]`` raw logits; ``mask[B, G]``.
+* Saving: every checkpoint and ``save_model`` folder is a :meth:`DenseEncoder.save_pretrained` folder
+  (safetensors) plus ``training_args.json``; never a pickled model. HF's own loaders expect
+  ``model.safetensors`` with the wrapper's parameter names and would *silently* load nothing from it
+  (non-strict), so resuming and ``load_best_model_at_end`` go through ``DenseEncoder.from_pretrained``
+  and a strict ``load_state_dict`` instead (the two ``_load_*`` overrides).
+
+``query_only`` mode
+-------------------
+The towers are untied (shared -> separate copies), the passage tower and the projection (shared by
+both sides, so it must stay fixed for cached vectors to stay valid) are frozen, and passage vectors
+come from ``passage_embeddings`` by id: no passage forward pass at all. The table must have been
+computed with this encoder's passage side (e.g. :meth:`PassageEmbeddingTable.from_encoder` or an
+``index.encode.EmbeddingStore``) and must cover every candidate id, extra passages included.
+
+Gradient accumulation and ``num_items_in_batch``
+------------------------------------------------
+HF counts ``num_items_in_batch`` (label tokens) only for models whose ``forward`` takes ``**kwargs``
+or when a ``compute_loss_func`` is given; ``DenseEncoder.forward`` does neither, so it arrives as
+``None`` and is ignored. Every densekd loss is a mean over the micro-batch's queries, so
+``loss_is_scaled_for_ga = False``: the Trainer divides each micro-batch loss by the number of
+accumulated micro-batches, which gives exactly the gradient of the mean over all their queries when
+micro-batches have equal size (``dataloader_drop_last=True``) and the loss has no cross-query term.
+In-batch negatives are such a term: a micro-batch only sees its own ``b * G`` passages as negatives,
+so accumulating ``k`` micro-batches is *not* a ``k``-times larger contrastive batch (that needs
+GradCache-style embedding caching, which densekd does not implement). Instance weights are
+normalised per micro-batch for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import Trainer
+
+from densekd.data.io import atomic_write
+from densekd.encoders.dense import CONFIG_NAME, DenseEncoder
+from densekd.losses import ScoreBatch, WeightedSum, build_loss, global_in_batch, group_scores
+from densekd.losses.combine import TOTAL_KEY
+from densekd.training.callbacks import EpochSetterCallback
+from densekd.training.collator import DistillCollator
+from densekd.training.config import DistillConfig
+
+TRAINING_ARGS_JSON = "training_args.json"
+
+
+class PassageEmbeddingTable:
+    """Passage id -> precomputed vector, for ``query_only`` training.
+
+    Parameters
+    ----------
+    ids
+        Row ids: a sequence (row ``i`` = ``ids[i]``) or a ``pid -> row`` mapping.
+    embeddings
+        ``[N, D]`` float matrix: numpy array (memory maps stay on disk until rows are read) or tensor.
+    """
+
+    def __init__(self, ids: Sequence[str] | Mapping[str, int], embeddings: np.ndarray | Tensor):
+        self.row_of = dict(ids) if isinstance(ids, Mapping) else {pid: i for i, pid in enumerate(ids)}
+        if embeddings.ndim != 2:
+            raise ValueError(f"passage embeddings must be [N, D], got shape {tuple(embeddings.shape)}")
+        if self.row_of and max(self.row_of.values()) >= embeddings.shape[0]:
+            raise ValueError(f"ids point past the {embeddings.shape[0]} embedding rows")
+        self.embeddings = embeddings
+
+    @classmethod
+    def coerce(cls, table: Any) -> PassageEmbeddingTable:
+        """Accept a table, an ``(ids, matrix)`` pair or anything with ``.ids`` and ``.embeddings``."""
+        if isinstance(table, cls):
+            return table
+        if isinstance(table, tuple) and len(table) == 2:
+            return cls(*table)
+        if hasattr(table, "ids") and hasattr(table, "embeddings"):  # e.g. index.encode.EmbeddingStore
+            return cls(table.ids, table.embeddings)
+        raise TypeError(f"cannot use {type(table).__name__} as passage embeddings: pass a PassageEmbeddingTable, "
+                        "an (ids, matrix) pair or an object with .ids and .embeddings")
+
+    @classmethod
+    def from_encoder(cls, encoder: DenseEncoder, texts: Mapping[str, str],
+                     batch_size: int = 64) -> PassageEmbeddingTable:
+        """Encode ``pid -> text`` with ``encoder``'s passage side (no progress bar)."""
+        ids = list(texts)
+        vectors = encoder.encode_passages([texts[pid] for pid in ids], batch_size=batch_size, show_progress=False)
+        return cls(ids, vectors)
+
+    @property
+    def dim(self) -> int:
+        """Vector size ``D``."""
+        return int(self.embeddings.shape[1])
+
+    def lookup(self, pids: Sequence[str], device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``[len(pids), D]`` vectors (no gradient) on ``device``; unknown ids raise ``KeyError``."""
+        try:
+            rows = [self.row_of[pid] for pid in pids]
+        except KeyError as err:
+            raise KeyError(f"passage {err.args[0]!r} is not in the query_only embedding table; encode every "
+                           "training candidate (extra passages included) into it") from None
+        if isinstance(self.embeddings, Tensor):
+            vectors = self.embeddings[torch.as_tensor(rows, device=self.embeddings.device)]
+        else:
+            vectors = torch.from_numpy(np.ascontiguousarray(self.embeddings[rows]))
+        return vectors.to(device=device, dtype=dtype)
+
+
+def freeze_passage_side(encoder: DenseEncoder) -> None:
+    """Untie shared towers, then freeze the passage tower and the (shared) projection."""
+    encoder.untie()
+    for param in encoder.passage_model.parameters():
+        param.requires_grad_(False)
+    if encoder.projection is not None:
+        encoder.projection.requires_grad_(False)
+
+
+class DistillTrainer(Trainer):
+    """HF ``Trainer`` that distils teacher scores into a :class:`DenseEncoder` (module docstring).
+
+    Parameters
+    ----------
+    model
+        The student encoder.
+    args
+        A :class:`DistillConfig`.
+    loss_fn
+        A :class:`densekd.losses.WeightedSum`; default ``build_loss(args.loss)`` (``args.loss`` is
+        ignored when one is given).
+    passage_embeddings
+        ``query_only`` mode only: a :class:`PassageEmbeddingTable` (or what
+        :meth:`PassageEmbeddingTable.coerce` accepts).
+    data_collator
+        Default: :meth:`DistillCollator.from_encoder` for the training mode.
+    **kwargs
+        Passed to ``transformers.Trainer`` (``train_dataset``, ``eval_dataset``, ``callbacks``, ...).
+        ``processing_class`` and ``compute_loss_func`` are not supported.
+
+    Examples
+    --------
+    >>> trainer = DistillTrainer(encoder, DistillConfig("out"), train_dataset=ds)   # doctest: +SKIP
+    >>> trainer.train(); trainer.save_model("out/final")                           # doctest: +SKIP
+    """
+
+    # our losses are per-micro-batch means: let Trainer divide by the accumulation steps (module doc)
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: DenseEncoder, args: DistillConfig, loss_fn: WeightedSum | None = None,
+                 passage_embeddings: Any = None, data_collator: Any = None, **kwargs: Any):
+        if not isinstance(args, DistillConfig):
+            raise TypeError(f"DistillTrainer needs a DistillConfig, got {type(args).__name__}")
+        for unsupported in ("processing_class", "compute_loss_func", "model_init"):
+            if kwargs.get(unsupported) is not None:
+                raise ValueError(f"DistillTrainer does not support {unsupported}")
+        query_only = args.train_mode == "query_only"
+        table = self._setup_mode(model, passage_embeddings, query_only)
+        if data_collator is None:
+            data_collator = DistillCollator.from_encoder(model, query_only=query_only)
+        elif query_only and getattr(data_collator, "tokenize_passage", None) is not None:
+            raise ValueError("train_mode='query_only' reads passage vectors from the table: build the "
+                             "collator with tokenize_passage=None")
+        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        self.loss_fn = build_loss(args.loss) if loss_fn is None else loss_fn
+        self.passage_table = table
+        # without labels HF's prediction_step only routes through compute_loss when the model "can
+        # return a loss"; DenseEncoder.forward cannot, so evaluate() would call it with our batch keys
+        self.can_return_loss = True
+        self._component_sums: dict[str, Tensor] = {}
+        self._component_steps = 0
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(EpochSetterCallback(self.train_dataset))
+
+    @staticmethod
+    def _setup_mode(model: DenseEncoder, passage_embeddings: Any, query_only: bool) -> PassageEmbeddingTable | None:
+        if not query_only:
+            if passage_embeddings is not None:
+                raise ValueError("passage_embeddings are only used with train_mode='query_only'")
+            return None
+        if passage_embeddings is None:
+            raise ValueError("train_mode='query_only' needs passage_embeddings (a PassageEmbeddingTable)")
+        table = PassageEmbeddingTable.coerce(passage_embeddings)
+        if table.dim != model.dim:
+            raise ValueError(f"passage embeddings have dim {table.dim} but the encoder produces {model.dim}")
+        freeze_passage_side(model)
+        return table
+
+    # ------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Tensor | int | None = None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """Encode, score and apply ``loss_fn``; ``num_items_in_batch`` is unused (module docstring)."""
+        if self.passage_table is None and inputs["passage"] is None:
+            raise ValueError("batch has no passage tokens: full training needs a collator with tokenize_passage")
+        # through `model` (possibly DDP-wrapped), never model.module.encode_*: DDP must see the forward
+        vectors = model(query=inputs["query"], passage=inputs["passage"])
+        q = vectors["query"]                                                   # [B, D]
+        if self.passage_table is None:
+            p = vectors["passage"]                                             # [B*G, D]
+        else:
+            flat = [pid for group in inputs["pids"] for pid in group]
+            p = self.passage_table.lookup(flat, q.device, q.dtype)             # [B*G, D], frozen
+        components = self.loss_fn(self._score_batch(q, p, inputs))
+        if model.training:
+            self._track_components(components)
+        loss = components[TOTAL_KEY]
+        return (loss, {"query": q, "passage": p}) if return_outputs else loss
+
+    def _score_batch(self, q: Tensor, p: Tensor, inputs: dict[str, Any]) -> ScoreBatch:
+        group_size = len(inputs["pids"][0])
+        mask = inputs.get("mask")
+        extra: dict[str, Any] = {}
+        if self.args.use_in_batch_negatives:
+            in_batch = global_in_batch(q, p, mask)                             # scores [B, N_global]
+            extra = {"in_batch": in_batch.scores, "in_batch_offset": in_batch.offset,
+                     "in_batch_mask": in_batch.mask}
+        return ScoreBatch(student=group_scores(q, p, group_size), teacher=inputs.get("teacher_scores"),
+                          mask=mask, **extra)
+
+    def _track_components(self, components: dict[str, Tensor]) -> None:
+        # detached tensors, no .item(): no host sync per micro-batch
+        for name, value in components.items():
+            if name != TOTAL_KEY:
+                self._component_sums[name] = self._component_sums.get(name, 0.0) + value.detach().float()
+        self._component_steps += 1
+
+    # ------------------------------------------------------------------------------------- logging
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean of each loss component (``loss_<name>``) and pending callback metrics."""
+        if "loss" in logs and self._component_steps:
+            logs.update(self._pop_component_means())
+        for callback in self.callback_handler.callbacks:
+            pop = getattr(callback, "pop_pending_logs", None)
+            if callable(pop):
+                logs.update(pop())
+        super().log(logs, start_time)
+
+    def _pop_component_means(self) -> dict[str, float]:
+        names = sorted(self._component_sums)
+        means = torch.stack([self._component_sums[n] for n in names]) / self._component_steps
+        if self.accelerator.num_processes > 1:  # same condition on every rank: training logs only
+            means = self.accelerator.reduce(means, reduction="mean")
+        self._component_sums, self._component_steps = {}, 0
+        return {f"loss_{n}": round(float(v), 4) for n, v in zip(names, means.tolist())}
+
+    # ------------------------------------------------------------------------------------- saving
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write a :meth:`DenseEncoder.save_pretrained` folder and ``training_args.json``."""
+        if state_dict is not None:
+            raise NotImplementedError("DistillTrainer saves through DenseEncoder.save_pretrained; sharded "
+                                      "states (DeepSpeed ZeRO-3, FSDP, SageMaker MP) are not supported: use DDP")
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        encoder = self.accelerator.unwrap_model(self.model)
+        encoder.save_pretrained(output_dir)
+        with atomic_write(os.path.join(output_dir, TRAINING_ARGS_JSON)) as f:
+            f.write(self.args.to_json_string())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        """Restore encoder weights from a :meth:`_save` folder (strict: every parameter must match)."""
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
+            raise ValueError(f"{resume_from_checkpoint} is not a DistillTrainer checkpoint (no {CONFIG_NAME})")
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        saved = DenseEncoder.from_pretrained(resume_from_checkpoint)
+        # a shared encoder's state dict lists the tower under both prefixes, so shared and untied
+        # (query_only) checkpoints have the same keys
+        target.load_state_dict(saved.state_dict(), strict=True)
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end`` through the same strict loader as resuming."""
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
