@@ -29,7 +29,7 @@ from densekd import __version__
 from densekd.data.io import DataFormatError
 
 # Module names under densekd.cli.commands, in the order `densekd --help` lists them.
-COMMANDS: list[str] = ["index", "search", "evaluate"]
+COMMANDS: list[str] = ["run", "mine", "train_teacher", "annotate", "train", "index", "search", "evaluate"]
 
 EPILOG = """\
 typical workflow:

@@ -62,7 +62,7 @@ def is_done(folder: Path) -> bool:
 
 
 def cached_step(folder: Path, compute: Callable[[Path], dict[str, Any] | None],
-                meta: dict[str, Any] | None = None) -> tuple[dict[str, Any], bool]:
+                meta: dict[str, Any] | None = None, key: str | None = None) -> tuple[dict[str, Any], bool]:
     """Run ``compute(folder)`` unless ``folder`` is already complete.
 
     Parameters
@@ -73,6 +73,9 @@ def cached_step(folder: Path, compute: Callable[[Path], dict[str, Any] | None],
         Writes its outputs into the folder and returns a JSON-able summary (or ``None``).
     meta
         Settings recorded in the marker for humans.
+    key
+        For folders whose path does not contain the cache key (e.g. a run's student folder): the
+        output is reused only when the marker records this same key.
 
     Returns
     -------
@@ -80,10 +83,12 @@ def cached_step(folder: Path, compute: Callable[[Path], dict[str, Any] | None],
         The summary stored in the marker, and ``True`` when nothing was recomputed.
     """
     if is_done(folder):
-        return json.loads((folder / MARKER).read_text(encoding="utf-8"))["summary"], True
+        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        if key is None or marker.get("key") == key:
+            return marker["summary"], True
     if folder.exists():  # leftovers of an interrupted run: never trust them
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     summary = compute(folder) or {}
-    write_json(folder / MARKER, {"summary": summary, "meta": meta or {}})
+    write_json(folder / MARKER, {"summary": summary, "meta": meta or {}, "key": key})
     return summary, False

@@ -1,0 +1,148 @@
+"""``densekd run CONFIG.yaml``: BM25 -> mine -> teacher -> annotate -> distil -> index -> evaluate -> report.
+
+Steps whose outputs exist (same data, model and settings) are reused, so a second run of the same
+configuration only re-writes the report. Outputs in ``output_dir``:
+
+* ``student/model/``: the distilled dual-encoder (densekd folder; ``densekd`` loads it, and
+  ``DenseEncoder.export_sentence_transformers`` turns it into a sentence-transformers model)
+* ``student/log_history.json``: the HF Trainer log (loss, components, dev metrics)
+* ``metrics.json``: every system's dev metrics, step timings and cache reuse
+* ``report.md`` with ``training.png`` and ``teacher_scores.png``
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from densekd.data.io import write_json
+from densekd.data.types import TrainGroup
+from densekd.eval.metrics import evaluate
+from densekd.pipeline import report, steps
+from densekd.pipeline.cache import cache_key, cached_step
+from densekd.pipeline.config import PipelineConfig
+
+
+def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> tuple[Path, dict[str, Any]]:
+    """Distil the teacher's scores into the dual-encoder student (cached on its inputs' key)."""
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.training.callbacks import RetrievalEvalCallback
+    from densekd.training.config import DistillConfig
+    from densekd.training.dataset import TrainGroupDataset
+    from densekd.training.trainer import DistillTrainer
+
+    s = ctx.cfg.student
+    key = cache_key("student-v1", s, [g.to_json() for g in groups])
+    folder = ctx.out / "student"
+
+    def compute(out: Path) -> dict[str, Any]:
+        args = DistillConfig(
+            output_dir=str(out / "checkpoints"), per_device_train_batch_size=s.batch_size,
+            num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,  # warmup_steps < 1 is a ratio
+            warmup_steps=s.warmup_ratio, seed=s.seed, group_size=s.group_size, loss=s.loss,
+            train_mode=s.train_mode, save_strategy="no", logging_steps=5, lr_scheduler_type="linear")
+        encoder = DenseEncoder.from_pretrained(s.model, query_max_length=s.query_max_length,
+                                               passage_max_length=s.passage_max_length)
+        dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=s.group_size, seed=s.seed)
+        callbacks = []
+        if s.eval_steps:
+            callbacks.append(RetrievalEvalCallback(ctx.queries, ctx.corpus, ctx.eval_qrels,
+                                                   every_n_steps=s.eval_steps, passage_embeddings=store
+                                                   if s.train_mode == "query_only" else None))
+        trainer = DistillTrainer(model=encoder, args=args, train_dataset=dataset, callbacks=callbacks,
+                                 passage_embeddings=store if s.train_mode == "query_only" else None)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        encoder.save_pretrained(out / "model")
+        write_json(out / "log_history.json", trainer.state.log_history)
+        n = trainer.state.global_step * s.batch_size
+        return {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
+                "queries_per_s": round(n / seconds, 2)}
+
+    start = time.perf_counter()
+    summary, reused = cached_step(folder, compute, {"student": s.__dict__}, key=key)
+    ctx.record("student", start, reused)
+    return folder / "model", summary
+
+
+def _student_run(ctx: steps.Context, model_dir: Path, zero_shot_store: Any) -> dict[str, float]:
+    from densekd.encoders.dense import DenseEncoder
+
+    encoder = DenseEncoder.from_pretrained(model_dir)
+    if ctx.cfg.student.train_mode == "query_only":
+        # the passage tower is frozen: the base model's cached corpus vectors are the student's
+        store = zero_shot_store
+    else:
+        store = steps.corpus_embeddings(ctx, str(model_dir), ctx.cfg.student.passage_max_length, "student")
+    return evaluate(steps.dense_run(encoder, store, ctx), ctx.eval_qrels, steps.METRICS)
+
+
+def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any]:
+    """Run every step (reusing cached ones) and write metrics.json and report.md; returns the metrics.
+
+    Parameters
+    ----------
+    cfg
+        The pipeline configuration.
+    until
+        Stop after this stage (``"mine"``, ``"teacher"``, ``"annotate"`` or ``"student"``) and return
+        the step timings only; ``None`` runs everything.
+    """
+    from densekd.encoders.dense import DenseEncoder
+
+    ctx = steps.load_context(cfg)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    train_run, eval_run, bm25_key = steps.bm25_runs(ctx)
+    groups, mined_key = steps.mine(ctx, train_run, bm25_key)
+    if until == "mine":
+        return {"steps": ctx.timings}
+    scorer, teacher_metrics, _ = steps.teacher(ctx, groups, mined_key, eval_run)
+    if until == "teacher":
+        return {"steps": ctx.timings, "teacher_rerank": teacher_metrics}
+    scored = steps.annotate_groups(ctx, groups, mined_key, scorer)
+    if until == "annotate":
+        return {"steps": ctx.timings}
+    base = cfg.student.model
+    zero_shot_store = steps.corpus_embeddings(ctx, base, cfg.student.passage_max_length, "base")
+    model_dir, student_summary = train_student(ctx, scored, zero_shot_store)
+    if until == "student":
+        return {"steps": ctx.timings, "student": student_summary}
+
+    start = time.perf_counter()
+    rows = {"bm25": evaluate(eval_run, ctx.eval_qrels, steps.METRICS)}
+    base_encoder = DenseEncoder.from_pretrained(base, passage_max_length=cfg.student.passage_max_length)
+    rows["zero-shot dense"] = evaluate(steps.dense_run(base_encoder, zero_shot_store, ctx), ctx.eval_qrels,
+                                       steps.METRICS)
+    rows[f"teacher rerank (BM25 top {cfg.teacher.rerank_depth})"] = teacher_metrics
+    rows["distilled student"] = _student_run(ctx, model_dir, zero_shot_store)
+    ctx.record("evaluate", start, False)
+
+    result = {"name": cfg.name, "rows": rows, "student": student_summary, "steps": ctx.timings}
+    write_json(ctx.out / "metrics.json", result)
+    _write_report(ctx, result, scored, model_dir.parent)
+    return result
+
+
+def _write_report(ctx: steps.Context, result: dict[str, Any], scored: list[TrainGroup], student_dir: Path) -> None:
+    history_file = student_dir / "log_history.json"
+    history = json.loads(history_file.read_text()) if history_file.is_file() else []
+    has_training = report.plot_training(history, ctx.out / "training.png")
+    pos = [g.teacher_scores[p] for g in scored for p in g.pos_ids if g.teacher_scores]
+    neg = [g.teacher_scores[n] for g in scored for n in g.neg_ids if g.teacher_scores]
+    has_scores = report.plot_teacher_scores({"positives": pos, "negatives": neg}, ctx.out / "teacher_scores.png")
+    timing_rows = {name: {"seconds": t["seconds"], "cached": "yes" if t["cached"] else "no"}
+                   for name, t in result["steps"].items()}
+    steps_table = "| step | seconds | reused from cache |\n|---|---|---|\n" + "".join(
+        f"| {n} | {v['seconds']} | {v['cached']} |\n" for n, v in timing_rows.items())
+    sections = [
+        ("Dev results", report.metrics_table(result["rows"], steps.METRICS)
+         + f"\nData: `{ctx.cfg.data.root}`, {len(ctx.eval_qrels)} {ctx.cfg.data.eval_split} queries, "
+           f"{len(ctx.corpus)} passages; {len(scored)} training queries.\n"),
+        ("Steps", steps_table),
+        ("Student training", (f"{result['student']}\n\n" + ("![training](training.png)\n" if has_training else ""))),
+        ("Teacher scores", "![teacher scores](teacher_scores.png)\n" if has_scores else "no scores\n"),
+    ]
+    report.write_report(ctx.out / "report.md", f"densekd run: {ctx.cfg.name}", sections)
