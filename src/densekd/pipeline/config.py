@@ -68,10 +68,16 @@ class TeacherSection:
         queries per step, each with ``group_size`` passages.
     max_steps
         Stop after this many steps (``-1`` = run the epochs).
+    seed
+        Seed of teacher training (head initialisation, sampling, dropout).
     rerank_depth
-        BM25 depth the teacher reranks for its own dev evaluation.
+        BM25 depth the teacher reranks for its own dev evaluation (below it, BM25's order is kept).
     score_batch_size
         Pairs per forward pass when scoring.
+    fusion
+        The teacher signal: weights of per-query z-normalised scores of ``cross_encoder``, ``bm25``
+        and ``dense`` (the zero-shot student) summed into one logit per candidate
+        (:mod:`densekd.teachers.fusion`). ``{cross_encoder: 1.0}`` = the cross-encoder alone.
     """
 
     path: str | None = None
@@ -84,8 +90,10 @@ class TeacherSection:
     group_size: int = 8
     max_length: int = 256
     loss: str = "listwise"
+    seed: int = 42
     rerank_depth: int = 30
     score_batch_size: int = 64
+    fusion: dict[str, float] = field(default_factory=lambda: {"cross_encoder": 1.0})
 
 
 @dataclass

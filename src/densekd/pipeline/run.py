@@ -99,24 +99,29 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     groups, mined_key = steps.mine(ctx, train_run, bm25_key)
     if until == "mine":
         return {"steps": ctx.timings}
-    scorer, teacher_metrics, _ = steps.teacher(ctx, groups, mined_key, eval_run)
+    scorer = steps.teacher(ctx, groups, mined_key)
     if until == "teacher":
-        return {"steps": ctx.timings, "teacher_rerank": teacher_metrics}
+        return {"steps": ctx.timings}
     scored = steps.annotate_groups(ctx, groups, mined_key, scorer)
     if until == "annotate":
         return {"steps": ctx.timings}
     base = cfg.student.model
+    base_encoder = DenseEncoder.from_pretrained(base, passage_max_length=cfg.student.passage_max_length)
     zero_shot_store = steps.corpus_embeddings(ctx, base, cfg.student.passage_max_length, "base")
+    scored = steps.fuse_groups(ctx, scored, train_run, base_encoder, zero_shot_store)
     model_dir, student_summary = train_student(ctx, scored, zero_shot_store)
     if until == "student":
         return {"steps": ctx.timings, "student": student_summary}
 
+    teacher_rows = steps.teacher_dev_metrics(ctx, steps.teacher_dev_run(ctx, scorer, eval_run, bm25_key), eval_run,
+                                             base_encoder, zero_shot_store)
     start = time.perf_counter()
     rows = {"bm25": evaluate(eval_run, ctx.eval_qrels, steps.METRICS)}
-    base_encoder = DenseEncoder.from_pretrained(base, passage_max_length=cfg.student.passage_max_length)
     rows["zero-shot dense"] = evaluate(steps.dense_run(base_encoder, zero_shot_store, ctx), ctx.eval_qrels,
                                        steps.METRICS)
-    rows[f"teacher rerank (BM25 top {cfg.teacher.rerank_depth})"] = teacher_metrics
+    depth = cfg.teacher.rerank_depth
+    rows[f"cross-encoder rerank (BM25 top {depth})"] = teacher_rows["cross_encoder"]
+    rows[f"teacher signal {cfg.teacher.fusion} (BM25 top {depth})"] = teacher_rows["fused"]
     rows["distilled student"] = _student_run(ctx, model_dir, zero_shot_store)
     ctx.record("evaluate", start, False)
 

@@ -120,49 +120,55 @@ def mine(ctx: Context, train_run: Run, bm25_key: str) -> tuple[list[TrainGroup],
         return [TrainGroup.from_json(json.loads(line)) for line in f], key
 
 
-def teacher_rerank_metrics(ctx: Context, teacher: Any, eval_run: Run) -> dict[str, float]:
-    """The teacher's own quality: rerank BM25's top ``rerank_depth`` of the dev queries."""
-    from densekd.teachers.cross_encoder import rerank
-
-    run = rerank(teacher, eval_run, ctx.queries, ctx.corpus, k=ctx.cfg.teacher.rerank_depth,
-                 batch_size=ctx.cfg.teacher.score_batch_size)
-    return evaluate(run, ctx.eval_qrels, METRICS)
+TEACHER_TRAINING_FIELDS = ("model", "epochs", "max_steps", "learning_rate", "warmup_ratio", "batch_size",
+                           "group_size", "max_length", "loss", "seed")
 
 
-def teacher(ctx: Context, groups: list[TrainGroup], mined_key: str, eval_run: Run) -> tuple[Any, dict, str]:
-    """Train (or load) the cross-encoder teacher; its dev rerank metrics are cached with it."""
+def teacher(ctx: Context, groups: list[TrainGroup], mined_key: str) -> Any:
+    """Train the cross-encoder teacher (cached on the mined groups and training settings) or load ``path``."""
     from densekd.teachers.cross_encoder import CrossEncoderTeacher
     from densekd.training.teacher_config import TeacherConfig
     from densekd.training.teacher_trainer import train_cross_encoder
 
     t = ctx.cfg.teacher
     if t.path:
-        folder, key = Path(t.path), cache_key("teacher-path", str(Path(t.path).resolve()))
-        model = CrossEncoderTeacher.from_pretrained(folder, max_length=t.max_length)
-        metrics_file = folder / "rerank_metrics.json"
-        if not metrics_file.is_file():
-            metrics_file.write_text(json.dumps(teacher_rerank_metrics(ctx, model, eval_run)))
-        return model, json.loads(metrics_file.read_text()), key
-    key = cache_key("teacher-v1", mined_key, t, ctx.cfg.student.seed)
-    folder = ctx.cache / "teacher" / key
+        return CrossEncoderTeacher.from_pretrained(t.path, max_length=t.max_length)
+    settings = {name: getattr(t, name) for name in TEACHER_TRAINING_FIELDS}
+    folder = ctx.cache / "teacher" / cache_key("teacher-v1", mined_key, settings)
 
     def compute(out: Path) -> dict[str, Any]:
         args = TeacherConfig(
             output_dir=str(out / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
-            learning_rate=t.learning_rate, warmup_steps=t.warmup_ratio, per_device_train_batch_size=t.batch_size,
-            group_size=t.group_size, max_length=t.max_length, loss=t.loss, seed=ctx.cfg.student.seed,
-            save_strategy="no", lr_scheduler_type="linear")
+            learning_rate=t.learning_rate, warmup_steps=t.warmup_ratio,  # warmup_steps < 1 is a ratio
+            per_device_train_batch_size=t.batch_size, group_size=t.group_size, max_length=t.max_length,
+            loss=t.loss, seed=t.seed, save_strategy="no", lr_scheduler_type="linear")
         start = time.perf_counter()
-        model = train_cross_encoder(groups, ctx.queries, ctx.corpus, args, model_path=t.model)
-        seconds = time.perf_counter() - start
-        model.save_pretrained(out)
-        scorer = CrossEncoderTeacher.from_pretrained(out, max_length=t.max_length)
-        return {"train_seconds": round(seconds, 1), "rerank": teacher_rerank_metrics(ctx, scorer, eval_run)}
+        train_cross_encoder(groups, ctx.queries, ctx.corpus, args, model_path=t.model).save_pretrained(out)
+        return {"train_seconds": round(time.perf_counter() - start, 1), "groups": len(groups)}
 
     start = time.perf_counter()
-    summary, reused = cached_step(folder, compute, {"teacher": t.__dict__})
+    _, reused = cached_step(folder, compute, {"teacher": settings})
     ctx.record("teacher", start, reused)
-    return CrossEncoderTeacher.from_pretrained(folder, max_length=t.max_length), summary["rerank"], key
+    return CrossEncoderTeacher.from_pretrained(folder, max_length=t.max_length)
+
+
+def teacher_dev_run(ctx: Context, scorer: Any, eval_run: Run, bm25_key: str) -> Run:
+    """Teacher logits for BM25's top ``rerank_depth`` of every dev query (cached TREC run)."""
+    from densekd.teachers.cross_encoder import rerank
+
+    depth = ctx.cfg.teacher.rerank_depth
+    folder = ctx.cache / "teacher_dev" / cache_key("teacher-dev-v1", bm25_key, scorer.fingerprint, depth)
+
+    def compute(out: Path) -> dict[str, Any]:
+        run = rerank(scorer, eval_run, ctx.queries, ctx.corpus, k=depth, batch_size=ctx.cfg.teacher.score_batch_size,
+                     show_progress=True)
+        write_run(out / "rerank.trec", run)
+        return {}
+
+    start = time.perf_counter()
+    _, reused = cached_step(folder, compute, {"depth": depth})
+    ctx.record("teacher-dev", start, reused)
+    return load_run(folder / "rerank.trec")
 
 
 def annotate_groups(ctx: Context, groups: list[TrainGroup], mined_key: str, scorer: Any) -> list[TrainGroup]:
@@ -204,3 +210,63 @@ def dense_run(encoder: Any, store: Any, ctx: Context) -> Run:
     qids = list(qrels_texts)
     q = encoder.encode_queries([qrels_texts[qid] for qid in qids])
     return store.to_faiss("Flat", show_progress=False).search(q, qids, k=100)
+
+
+def dense_signal(encoder: Any, store: Any, texts: dict[str, str], candidates: dict[str, list[str]]) -> Run:
+    """Dense scores ``q . p`` of each query's candidates, from stored passage vectors (no passage encoding)."""
+    import numpy as np
+
+    row = {pid: i for i, pid in enumerate(store.ids)}
+    qids = list(candidates)
+    q = encoder.encode_queries([texts[qid] for qid in qids])
+    emb = store.embeddings
+    out: Run = {}
+    for qi, qid in enumerate(qids):
+        pids = candidates[qid]
+        scores = np.asarray(emb[[row[p] for p in pids]]) @ q[qi]
+        out[qid] = dict(zip(pids, scores.tolist()))
+    return out
+
+
+def fuse_groups(ctx: Context, groups: list[TrainGroup], train_run: Run, base_encoder: Any, store: Any) -> list[TrainGroup]:
+    """Replace each group's cross-encoder logits by the configured fused teacher signal."""
+    from densekd.teachers.fusion import fuse_candidates
+
+    weights = ctx.cfg.teacher.fusion
+    if set(k for k, w in weights.items() if w > 0) == {"cross_encoder"} and weights["cross_encoder"] == 1.0:
+        return groups
+    cands = {g.qid: g.pos_ids + g.neg_ids for g in groups}
+    dense = dense_signal(base_encoder, store, _texts(ctx, {g.qid: {} for g in groups}), cands) \
+        if weights.get("dense", 0) > 0 else {}
+    fused = []
+    for g in groups:
+        signals = {"cross_encoder": g.teacher_scores, "bm25": train_run.get(g.qid, {}), "dense": dense.get(g.qid, {})}
+        scores = fuse_candidates(cands[g.qid], signals, weights)
+        fused.append(TrainGroup(g.qid, g.pos_ids, g.neg_ids, scores, g.extra_passages))
+    return fused
+
+
+def teacher_dev_metrics(ctx: Context, ce_run: Run, eval_run: Run, base_encoder: Any, store: Any) -> dict[str, dict]:
+    """Dev metrics of the teacher reranking BM25's top ``rerank_depth`` (cross-encoder alone and fused).
+
+    Below the reranked depth BM25's order is kept, so recall@100 stays comparable with BM25's.
+    """
+    from densekd.teachers.fusion import fuse_candidates
+
+    weights = ctx.cfg.teacher.fusion
+    cands = {qid: list(ce_run[qid]) for qid in ce_run}
+    dense = dense_signal(base_encoder, store, _texts(ctx, ce_run), cands) if weights.get("dense", 0) > 0 else {}
+
+    def with_tail(head: Run) -> Run:
+        out: Run = {}
+        for qid, scores in head.items():
+            ranked = sorted(scores, key=lambda p: -scores[p])
+            tail = [p for p in sorted(eval_run.get(qid, {}), key=lambda p: -eval_run[qid][p]) if p not in scores]
+            order = ranked + tail
+            out[qid] = {pid: float(len(order) - i) for i, pid in enumerate(order)}
+        return out
+
+    fused = {qid: fuse_candidates(cands[qid], {"cross_encoder": ce_run[qid], "bm25": eval_run.get(qid, {}),
+                                               "dense": dense.get(qid, {})}, weights) for qid in cands}
+    return {"cross_encoder": evaluate(with_tail(ce_run), ctx.eval_qrels, METRICS),
+            "fused": evaluate(with_tail(fused), ctx.eval_qrels, METRICS)}
