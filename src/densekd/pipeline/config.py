@@ -116,6 +116,8 @@ class StudentSection:
         Truncation lengths of the student.
     eval_steps
         Evaluate on the dev set every N steps during training (``0`` = only at the end).
+    logging_steps
+        Log the loss and its components every N steps (the report's training curve).
     """
 
     model: str | None = None
@@ -131,6 +133,7 @@ class StudentSection:
     query_max_length: int = 64
     passage_max_length: int = 256
     eval_steps: int = 0
+    logging_steps: int = 5
 
 
 @dataclass

@@ -42,7 +42,7 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
             output_dir=str(out / "checkpoints"), per_device_train_batch_size=s.batch_size,
             num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,  # warmup_steps < 1 is a ratio
             warmup_steps=s.warmup_ratio, seed=s.seed, group_size=s.group_size, loss=s.loss,
-            train_mode=s.train_mode, save_strategy="no", logging_steps=5, lr_scheduler_type="linear")
+            train_mode=s.train_mode, save_strategy="no", logging_steps=s.logging_steps, lr_scheduler_type="linear")
         encoder = DenseEncoder.from_pretrained(s.model, query_max_length=s.query_max_length,
                                                passage_max_length=s.passage_max_length)
         dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=s.group_size, seed=s.seed)

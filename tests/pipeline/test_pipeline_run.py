@@ -1,0 +1,94 @@
+"""End-to-end ``densekd run`` on the toy set with a tiny random model, plus cache semantics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from densekd.cli.main import main
+from densekd.pipeline.cache import MARKER, cache_key, cached_step
+
+
+def _config(tmp_path: Path, toy_beir_dir: Path, tiny_bert_path: str, train_mode: str, fusion: dict) -> Path:
+    cfg = {
+        "name": "toy", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+        "encode_batch_size": 4,
+        "data": {"root": str(toy_beir_dir)},
+        "mining": {"depth": 8, "n_negatives": 3, "rank_range": [0, 8], "sampling": "top"},
+        "teacher": {"model": tiny_bert_path, "max_steps": 3, "batch_size": 2, "group_size": 3, "max_length": 32,
+                    "rerank_depth": 4, "fusion": fusion},
+        "student": {"model": tiny_bert_path, "train_mode": train_mode, "max_steps": 3, "batch_size": 2,
+                    "group_size": 3, "passage_max_length": 32, "query_max_length": 16, "logging_steps": 1},
+    }
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("train_mode,fusion", [("full", {"cross_encoder": 1.0}),
+                                               ("query_only", {"cross_encoder": 1.0, "bm25": 0.5, "dense": 0.5})])
+def test_run_end_to_end_then_fully_cached(tmp_path, toy_beir_dir, tiny_bert_path, train_mode, fusion, capsys):
+    cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, train_mode, fusion)
+    assert main(["run", str(cfg)]) == 0
+    out = tmp_path / "out"
+    first = json.loads((out / "metrics.json").read_text())
+    assert {"bm25", "zero-shot dense", "distilled student"} <= set(first["rows"])
+    for row in first["rows"].values():
+        assert 0.0 <= row["ndcg@10"] <= 1.0
+    assert first["student"]["steps"] == 3
+    report = (out / "report.md").read_text()
+    assert "distilled student" in report and (out / "training.png").is_file() and (out / "teacher_scores.png").is_file()
+    history = json.loads((out / "student" / "log_history.json").read_text())
+    assert any("loss" in h for h in history)
+
+    # second run: every step comes from the cache and the figures are identical
+    assert main(["run", str(cfg)]) == 0
+    second = json.loads((out / "metrics.json").read_text())
+    cached = {name: t["cached"] for name, t in second["steps"].items() if name != "evaluate"}
+    assert all(cached.values()), cached
+    assert second["rows"] == first["rows"]
+
+
+def test_stage_command_stops_after_mining(tmp_path, toy_beir_dir, tiny_bert_path):
+    cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, "full", {"cross_encoder": 1.0})
+    assert main(["mine", str(cfg)]) == 0
+    assert any((tmp_path / "cache" / "mined").glob("*/groups.jsonl"))
+    assert not (tmp_path / "cache" / "teacher").exists()
+
+
+def test_unknown_config_key_is_one_clear_error(tmp_path, toy_beir_dir, tiny_bert_path, capsys):
+    cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, "full", {"cross_encoder": 1.0})
+    assert main(["run", str(cfg), "--set", "student.lernrate=1"]) == 2
+    err = capsys.readouterr().err
+    assert "lernrate" in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cached_step_reuses_and_discards_interrupted_output(tmp_path):
+    calls = []
+
+    def compute(folder: Path) -> dict:
+        calls.append(folder)
+        (folder / "x.txt").write_text("done")
+        return {"n": len(calls)}
+
+    folder = tmp_path / cache_key("a")
+    assert cached_step(folder, compute) == ({"n": 1}, False)
+    assert cached_step(folder, compute) == ({"n": 1}, True)
+    # an interrupted run leaves a folder without the marker: it is cleared and recomputed
+    (folder / MARKER).unlink()
+    (folder / "stale.txt").write_text("half")
+    assert cached_step(folder, compute) == ({"n": 2}, False)
+    assert not (folder / "stale.txt").exists()
+    # a folder keyed from outside is recomputed when the key changes
+    assert cached_step(folder, compute, key="k1") == ({"n": 3}, False)
+    assert cached_step(folder, compute, key="k1") == ({"n": 3}, True)
+    assert cached_step(folder, compute, key="k2") == ({"n": 4}, False)
+
+
+def test_cache_key_is_order_insensitive_and_value_sensitive():
+    assert cache_key({"a": 1, "b": [1, 2]}) == cache_key({"b": [1, 2], "a": 1})
+    assert cache_key({"a": 1}) != cache_key({"a": 2})
