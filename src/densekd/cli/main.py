@@ -33,11 +33,14 @@ COMMANDS: list[str] = ["run", "mine", "train_teacher", "annotate", "train", "ind
 
 EPILOG = """\
 typical workflow:
+  densekd run configs/scifact-quick.yaml     # the whole distillation pipeline, cached, with a report
+
+  building blocks:
   densekd index    --corpus data/scifact/corpus.jsonl --out idx/scifact-bm25
   densekd search   --index idx/scifact-bm25 --queries data/scifact/queries.jsonl --split dev --out dev.trec
   densekd evaluate --run dev.trec --qrels data/scifact/qrels/dev.tsv
 
-Every command accepts --config FILE.yaml and --set KEY=VALUE; run `densekd COMMAND --help` for details.
+Every command accepts a config file (densekd run CONFIG.yaml; --config FILE.yaml elsewhere) and --set KEY=VALUE; run `densekd COMMAND --help` for details.
 """
 
 
