@@ -214,7 +214,15 @@ class DenseEncoder(nn.Module):
     # ----------------------------------------------------------------------------- forward
     def _embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = model(**batch).last_hidden_state                       # [B, L, H]
-        vec = pool(hidden, batch["attention_mask"], self.config.pooling)  # [B, H]
+        return self.vectors_from_hidden(hidden, batch["attention_mask"])
+
+    def vectors_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled, projected, normalised vectors ``[B, D]`` from token states ``hidden[B, L, H]``.
+
+        Split out of the forward pass so that a model reading other heads off the same hidden states
+        (:class:`~densekd.encoders.ernie.ErnieSearchModel`) produces exactly these vectors.
+        """
+        vec = pool(hidden, attention_mask, self.config.pooling)         # [B, H]
         if self.projection is not None:
             vec = self.projection(vec)                                   # [B, D]
         if self.config.normalize:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from densekd.losses.combine import LOSS_REGISTRY, WeightedSum, build_loss
 from densekd.losses.contrastive import InfoNCE, info_nce_loss
+from densekd.losses.ernie import ErnieLossSettings, ErnieSearchLoss, ernie_search_loss
 from densekd.losses.kl import KLDistillation, kl_distillation_loss
 from densekd.losses.listwise import ListNet, RankNet, listnet_loss, ranknet_loss
 from densekd.losses.margin_mse import MarginMSE, margin_mse_loss
+from densekd.losses.margin_ranking import MarginRanking, margin_ranking_loss
 from densekd.losses.mse import ScoreMSE, score_mse_loss
 from densekd.losses.scores import (
     InBatchScores,
@@ -27,16 +29,20 @@ from densekd.losses.scores import (
 
 __all__ = [
     "LOSS_REGISTRY",
+    "ErnieLossSettings",
+    "ErnieSearchLoss",
     "InBatchScores",
     "InfoNCE",
     "KLDistillation",
     "ListNet",
     "MarginMSE",
+    "MarginRanking",
     "RankNet",
     "ScoreBatch",
     "ScoreMSE",
     "WeightedSum",
     "build_loss",
+    "ernie_search_loss",
     "gather_with_grad",
     "global_in_batch",
     "group_scores",
@@ -45,6 +51,7 @@ __all__ = [
     "kl_distillation_loss",
     "listnet_loss",
     "margin_mse_loss",
+    "margin_ranking_loss",
     "maxsim",
     "maxsim_grouped",
     "ranknet_loss",

@@ -70,18 +70,21 @@ def masked_log_softmax(logits: Tensor, mask: Tensor | None) -> Tensor:
 
 def soft_cross_entropy_terms(
     student: Tensor, teacher: Tensor, mask: Tensor | None, student_temperature: float,
-    teacher_temperature: float,
+    teacher_temperature: float, detach_teacher: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Target probabilities and both log-distributions for listwise distillation, all ``[B, C]``.
 
     Returns ``(p, log_p, log_q)`` with ``p = softmax(teacher / Tt)``, ``log_q = log_softmax(student /
     Ts)``; padded entries are ``p = 0`` and ``log_p = log_q = 0`` so that products such as
     ``p * (log_p - log_q)`` are exactly 0 there (with ``-inf`` they would be NaN). The teacher is
-    detached: it is a target, never trained through a distillation loss. Math runs in float32 so
+    detached by default: it is a target, never trained through a distillation loss. Only a teacher
+    that is itself being trained in the same step (ERNIE-Search's late-interaction head teaching the
+    dense head on the fly) may keep its graph (``detach_teacher=False``). Math runs in float32 so
     fp16/bf16 autocast logits do not lose the tail of the softmax.
     """
     log_q = masked_log_softmax(student.float() / student_temperature, mask)
-    log_p = masked_log_softmax(teacher.detach().float() / teacher_temperature, mask)
+    teacher = teacher.detach() if detach_teacher else teacher
+    log_p = masked_log_softmax(teacher.float() / teacher_temperature, mask)
     p = log_p.exp()
     if mask is not None:
         mask = mask.expand_as(log_q)

@@ -23,20 +23,25 @@ import torch
 from torch import Tensor, nn
 
 from densekd.losses.contrastive import InfoNCE
+from densekd.losses.ernie import ErnieSearchLoss
 from densekd.losses.kl import KLDistillation
 from densekd.losses.listwise import ListNet, RankNet
 from densekd.losses.margin_mse import MarginMSE
+from densekd.losses.margin_ranking import MarginRanking
 from densekd.losses.mse import ScoreMSE
 from densekd.losses.scores import ScoreBatch
 
-#: Config name -> loss class for :func:`build_loss`; names match each loss's component name.
+#: Config name -> loss class for :func:`build_loss`; names match each single-component loss's component
+#: name. Multi-head losses (``score_heads``, e.g. ``ernie``) report several components, ``ernie/<part>``.
 LOSS_REGISTRY: dict[str, type[nn.Module]] = {
     "contrastive": InfoNCE,
     "kl": KLDistillation,
     "margin_mse": MarginMSE,
+    "margin_ranking": MarginRanking,
     "mse": ScoreMSE,
     "listnet": ListNet,
     "ranknet": RankNet,
+    "ernie": ErnieSearchLoss,
 }
 
 TOTAL_KEY = "loss"

@@ -26,6 +26,7 @@ def kl_distillation_loss(
     scale_by_t2: bool = True,
     mask: Tensor | None = None,
     weights: Tensor | None = None,
+    detach_teacher: bool = True,
 ) -> Tensor:
     """``KL(softmax(teacher / Tt) || softmax(student / Ts))`` with ``batchmean`` reduction.
 
@@ -36,7 +37,7 @@ def kl_distillation_loss(
     Parameters
     ----------
     student, teacher
-        ``[B, G]`` raw scores. The teacher is detached.
+        ``[B, G]`` raw scores. The teacher is detached unless ``detach_teacher=False``.
     student_temperature, teacher_temperature
         ``Ts`` and ``Tt``.
     scale_by_t2
@@ -51,6 +52,10 @@ def kl_distillation_loss(
         (logit ``-inf``). Rows with no real candidate are dropped.
     weights
         ``[B]`` non-negative instance weights or ``None``.
+    detach_teacher
+        ``False`` lets the gradient reach the teacher scores too (a teacher trained in the same step,
+        e.g. :class:`~densekd.losses.ernie.ErnieSearchLoss`'s ColBERT -> dense term); offline
+        teacher logits carry no graph either way.
 
     Returns
     -------
@@ -64,7 +69,7 @@ def kl_distillation_loss(
     0.0
     """
     p, log_p, log_q = soft_cross_entropy_terms(
-        student, teacher, mask, student_temperature, teacher_temperature
+        student, teacher, mask, student_temperature, teacher_temperature, detach_teacher
     )
     per_row = (p * (log_p - log_q)).sum(dim=-1)
     valid = None if mask is None else mask.any(dim=-1)

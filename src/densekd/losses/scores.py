@@ -75,6 +75,11 @@ class ScoreBatch:
         gathered batches must pass the gathered mask (:func:`global_in_batch` returns it).
     in_batch_offset
         Number of ``in_batch`` columns that belong to earlier ranks (``0`` on one process).
+    heads
+        Extra score heads of a multi-head student over the *same* ``[B, G]`` candidates, by name
+        (e.g. ``{"colbert": ScoreBatch(...)}`` from an ERNIE-Search model, whose dense head is this
+        batch itself), or ``None``. Single-head losses ignore them; a loss that needs one reads it
+        with :meth:`head`.
 
     Examples
     --------
@@ -90,6 +95,7 @@ class ScoreBatch:
     mask: Tensor | None = None
     in_batch_mask: Tensor | None = None
     in_batch_offset: int = 0
+    heads: dict[str, ScoreBatch] | None = None
 
     def __post_init__(self) -> None:
         if self.student.ndim != 2:
@@ -111,6 +117,10 @@ class ScoreBatch:
             self.mask = self.mask.bool()
         if self.in_batch is not None:
             self._check_in_batch(b, g)
+        for name, head in (self.heads or {}).items():
+            if head.student.shape != self.student.shape:
+                raise ValueError(f"score head {name!r} has shape {tuple(head.student.shape)}, the primary "
+                                 f"scores {(b, g)}: every head must score the same candidates")
 
     def _check_in_batch(self, b: int, g: int) -> None:
         assert self.in_batch is not None
@@ -146,6 +156,13 @@ class ScoreBatch:
     def group_size(self) -> int:
         """``G``, candidates per query (positive included)."""
         return self.student.shape[1]
+
+    def head(self, name: str) -> ScoreBatch:
+        """The extra score head ``name``; ``ValueError`` naming the available heads when it is absent."""
+        if not self.heads or name not in self.heads:
+            raise ValueError(f"no score head {name!r} in this batch (heads: {sorted(self.heads or {})}); "
+                             "train a student whose compute_scores provides it (encoders.ernie.ErnieSearchModel)")
+        return self.heads[name]
 
     def positive_columns(self) -> Tensor:
         """``[B]`` long: the ``in_batch`` column of each query's positive."""

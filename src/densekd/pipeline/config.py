@@ -97,6 +97,95 @@ class TeacherSection:
 
 
 @dataclass
+class DarkExamplesSection:
+    """ADAM dark examples added to every training group and scored by the teacher (default off).
+
+    The fields other than ``enabled`` are those of :class:`densekd.mining.dark_examples.DarkExampleConfig`
+    (see it for the full documentation); the defaults are the same.
+
+    Attributes
+    ----------
+    enabled
+        Build dark examples (``false`` = plain mined groups).
+    n_mixup, n_masked
+        Mix-up (hard negative + positive spans) and masked-positive examples per query.
+    mix_fraction, mix_mode, span_length
+        Share of a mix-up's word pieces taken from the positive, ``"replace"`` or ``"insert"``, and the
+        length of the moved spans.
+    mask_fraction, mask_mode
+        Share of a positive's word pieces masked (``"mask"``) or deleted (``"delete"``).
+    max_tokens
+        Passages are cut to this many word pieces before editing (``null`` = no cut).
+    seed
+        Seed of the random edits (per query and example, independent of order).
+    """
+
+    enabled: bool = False
+    n_mixup: int = 2
+    n_masked: int = 2
+    mix_fraction: float = 0.3
+    mix_mode: str = "replace"
+    span_length: int = 8
+    mask_fraction: float = 0.3
+    mask_mode: str = "mask"
+    max_tokens: int | None = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            self.to_config()  # a bad value is a config error now, not after teacher training
+
+    def to_config(self) -> Any:
+        """The :class:`~densekd.mining.dark_examples.DarkExampleConfig` of these settings."""
+        from densekd.mining.dark_examples import DarkExampleConfig
+
+        return DarkExampleConfig(**{k: v for k, v in self.__dict__.items() if k != "enabled"})
+
+
+@dataclass
+class SelfPacedSection:
+    """ADAM self-paced distillation: train on the teacher's most confident instances first (default off).
+
+    The fields other than ``enabled`` are those of :class:`densekd.training.self_paced.SelfPacedConfig`
+    (see it for the full documentation); the defaults are the same. Epochs are the schedule's unit, so
+    use ``student.epochs > 1`` (in ``select`` mode an epoch keeps its length: kept instances repeat).
+
+    Attributes
+    ----------
+    enabled
+        Use self-paced selection (``false`` = every instance, every epoch).
+    measure
+        Instance quality: ``"pos_prob"`` (teacher probability of the positive) or ``"margin"``.
+    schedule, start_fraction, end_fraction, warm_epochs
+        Kept share per epoch: ``"linear"`` from ``start_fraction`` to ``end_fraction`` over
+        ``warm_epochs``, ``"step"`` (switch at ``warm_epochs``) or ``"none"`` (``end_fraction``).
+    mode
+        ``"select"`` (draw only kept instances) or ``"weight"`` (0/1 loss weights).
+    temperature
+        Softmax temperature of ``"pos_prob"``.
+    """
+
+    enabled: bool = False
+    measure: str = "pos_prob"
+    schedule: str = "linear"
+    start_fraction: float = 0.5
+    end_fraction: float = 1.0
+    warm_epochs: int = 2
+    mode: str = "select"
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.enabled:
+            self.to_config()
+
+    def to_config(self) -> Any:
+        """The :class:`~densekd.training.self_paced.SelfPacedConfig` of these settings."""
+        from densekd.training.self_paced import SelfPacedConfig
+
+        return SelfPacedConfig(**{k: v for k, v in self.__dict__.items() if k != "enabled"})
+
+
+@dataclass
 class StudentSection:
     """The dual-encoder student and its distillation run.
 
@@ -118,6 +207,11 @@ class StudentSection:
         Evaluate on the dev set every N steps during training (``0`` = only at the end).
     logging_steps
         Log the loss and its components every N steps (the report's training curve).
+    dark_examples
+        ADAM dark examples (:class:`DarkExamplesSection`; off by default). They are scored by the
+        teacher in the annotate step; full ``train_mode`` and a cross-encoder-only teacher signal only.
+    self_paced
+        ADAM self-paced distillation (:class:`SelfPacedSection`; off by default).
     """
 
     model: str | None = None
@@ -134,6 +228,8 @@ class StudentSection:
     passage_max_length: int = 256
     eval_steps: int = 0
     logging_steps: int = 5
+    dark_examples: DarkExamplesSection = field(default_factory=DarkExamplesSection)
+    self_paced: SelfPacedSection = field(default_factory=SelfPacedSection)
 
 
 @dataclass
@@ -161,3 +257,14 @@ class PipelineConfig:
     mining: MiningSection = field(default_factory=MiningSection)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
+
+    def __post_init__(self) -> None:
+        if self.student.dark_examples.enabled:
+            # dark examples exist only in the training groups: no BM25 score, no cached corpus vector
+            if self.student.train_mode != "full":
+                raise ValueError("student.dark_examples needs student.train_mode=full (query_only reads passage "
+                                 "vectors from the corpus cache, which has no dark examples)")
+            other = sorted(k for k, w in self.teacher.fusion.items() if w > 0 and k != "cross_encoder")
+            if other:
+                raise ValueError(f"student.dark_examples needs a cross-encoder-only teacher signal; the fusion also "
+                                 f"uses {other}, which have no scores for dark examples")

@@ -1,5 +1,9 @@
 """``densekd run CONFIG.yaml``: BM25 -> mine -> teacher -> annotate -> distil -> index -> evaluate -> report.
 
+With ``student.dark_examples.enabled`` the annotate stage also builds ADAM dark examples and has the
+teacher score them (:func:`densekd.pipeline.steps.dark_examples`); with ``student.self_paced.enabled``
+the student trains on a :class:`~densekd.training.self_paced.SelfPacedDataset`.
+
 Steps whose outputs exist (same data, model and settings) are reused, so a second run of the same
 configuration only re-writes the report. Outputs in ``output_dir``:
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +39,8 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
     from densekd.training.trainer import DistillTrainer
 
     s = ctx.cfg.student
-    key = cache_key("student-v1", s, [g.to_json() for g in groups])
+    settings = _student_settings(s)
+    key = cache_key("student-v1", settings, [g.to_json() for g in groups])
     folder = ctx.out / "student"
 
     def compute(out: Path) -> dict[str, Any]:
@@ -47,6 +53,11 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
                                                passage_max_length=s.passage_max_length)
         dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=s.group_size, seed=s.seed)
         callbacks = []
+        if s.self_paced.enabled:
+            from densekd.training.self_paced import SelfPacedDataset, SelfPacedLogCallback, SelfPacedSelector
+
+            dataset = SelfPacedDataset(dataset, SelfPacedSelector(groups, s.self_paced.to_config()))
+            callbacks.append(SelfPacedLogCallback(dataset))
         if s.eval_steps:
             callbacks.append(RetrievalEvalCallback(ctx.queries, ctx.corpus, ctx.eval_qrels,
                                                    every_n_steps=s.eval_steps, passage_embeddings=store
@@ -63,9 +74,19 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
                 "queries_per_s": round(n / seconds, 2)}
 
     start = time.perf_counter()
-    summary, reused = cached_step(folder, compute, {"student": s.__dict__}, key=key)
+    summary, reused = cached_step(folder, compute, {"student": settings}, key=key)
     ctx.record("student", start, reused)
     return folder / "model", summary
+
+
+def _student_settings(s: Any) -> dict[str, Any]:
+    """The student section as a dict, without the ADAM sections that are off: a run without them keeps
+    the cache key it had before they existed."""
+    settings = asdict(s)
+    for name in ("dark_examples", "self_paced"):
+        if not settings[name]["enabled"]:
+            del settings[name]
+    return settings
 
 
 def _student_run(ctx: steps.Context, model_dir: Path, zero_shot_store: Any) -> dict[str, float]:
@@ -103,6 +124,8 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     if until == "teacher":
         return {"steps": ctx.timings}
     scored = steps.annotate_groups(ctx, groups, mined_key, scorer)
+    if cfg.student.dark_examples.enabled:
+        scored = steps.dark_examples(ctx, groups, scored, mined_key, scorer)
     if until == "annotate":
         return {"steps": ctx.timings}
     base = cfg.student.model
@@ -136,8 +159,13 @@ def _write_report(ctx: steps.Context, result: dict[str, Any], scored: list[Train
     history = json.loads(history_file.read_text()) if history_file.is_file() else []
     has_training = report.plot_training(history, ctx.out / "training.png")
     pos = [g.teacher_scores[p] for g in scored for p in g.pos_ids if g.teacher_scores]
-    neg = [g.teacher_scores[n] for g in scored for n in g.neg_ids if g.teacher_scores]
-    has_scores = report.plot_teacher_scores({"positives": pos, "negatives": neg}, ctx.out / "teacher_scores.png")
+    # synthetic candidates (ADAM dark examples) apart: the point is that they score between the two
+    neg, dark = [], []
+    for g in scored:
+        for n in g.neg_ids if g.teacher_scores else []:
+            (dark if n in (g.extra_passages or {}) else neg).append(g.teacher_scores[n])
+    has_scores = report.plot_teacher_scores({"positives": pos, "negatives": neg, "dark examples": dark},
+                                            ctx.out / "teacher_scores.png")
     timing_rows = {name: {"seconds": t["seconds"], "cached": "yes" if t["cached"] else "no"}
                    for name, t in result["steps"].items()}
     steps_table = "| step | seconds | reused from cache |\n|---|---|---|\n" + "".join(

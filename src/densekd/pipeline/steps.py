@@ -6,6 +6,8 @@ Cache layout (``cfg.cache_dir``), one folder per step output, keyed by what it d
 * ``mined/<key>/groups.jsonl``: TrainGroups without scores (key: BM25 key, mining settings)
 * ``teacher/<key>/``: cross-encoder folder + ``DONE.json`` with its dev rerank metrics
 * ``annotations/<key>/scores.jsonl``: teacher logits per candidate (resumable; key: mined key + teacher)
+* ``dark/<key>/scores.jsonl``: ADAM dark examples (texts in ``extra_passages``) with their teacher
+  logits (resumable; key: mined key + teacher + dark-example settings + tokenizer)
 * ``embeddings/<key>/``: chunked corpus embeddings of a model (resumable; key: model + data + length)
 
 Student outputs live in ``cfg.output_dir`` (they are what a run is for); the student folder is reused
@@ -182,6 +184,54 @@ def annotate_groups(ctx: Context, groups: list[TrainGroup], mined_key: str, scor
     scored = annotate(groups, ctx.queries, ctx.corpus, scorer, path, batch_size=ctx.cfg.teacher.score_batch_size)
     ctx.record("annotate", start, reused)
     return scored
+
+
+def _tokenizer_id(tokenizer: Any) -> str:
+    """Digest of what the tokenizer does (vocabulary, normaliser), not of where it lives on disk."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return cache_key(type(tokenizer).__name__, blob)
+
+
+def dark_examples(ctx: Context, groups: list[TrainGroup], scored: list[TrainGroup], mined_key: str,
+                  scorer: Any) -> list[TrainGroup]:
+    """Add ADAM dark examples to the annotated groups, scored by the teacher (cached, resumable).
+
+    The dark examples are built from the mined ``groups`` with the student's tokenizer, and only they
+    (plus each query's positives, which :func:`~densekd.teachers.annotate.annotate` needs) are scored,
+    into their own annotation file: the scores of the mined candidates come from ``scored``, i.e. the
+    same annotation cache as a run without dark examples, so switching ADAM on costs
+    ``n_mixup + n_masked + 1`` teacher pairs per query, not a full re-annotation.
+    """
+    from transformers import AutoTokenizer
+
+    from densekd.encoders.dense import resolve_model_path
+    from densekd.mining.dark_examples import add_dark_examples_with_stats
+    from densekd.teachers.annotate import annotate
+
+    cfg = ctx.cfg.student.dark_examples.to_config()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(ctx.cfg.student.model))
+    start = time.perf_counter()
+    with_dark, stats = add_dark_examples_with_stats(groups, ctx.queries, ctx.corpus, tokenizer, cfg)
+    key = cache_key("dark-v1", mined_key, scorer.fingerprint, cfg, _tokenizer_id(tokenizer))
+    path = ctx.cache / "dark" / key / "scores.jsonl"
+    reused = path.is_file()
+    base_ids = {g.qid: set(g.neg_ids) for g in groups}
+    dark_only = [TrainGroup(g.qid, g.pos_ids, [n for n in g.neg_ids if n not in base_ids[g.qid]], None,
+                            g.extra_passages) for g in with_dark]
+    dark_scored = {g.qid: g for g in annotate(dark_only, ctx.queries, ctx.corpus, scorer, path,
+                                              batch_size=ctx.cfg.teacher.score_batch_size)}
+    scored_by_qid = {g.qid: g for g in scored}
+    out = []
+    for g in with_dark:
+        base = scored_by_qid[g.qid]
+        # positives keep their score from the shared annotation: one score per pair across files
+        dark_scores = {pid: v for pid, v in dark_scored[g.qid].teacher_scores.items()
+                       if pid not in base.teacher_scores}
+        out.append(TrainGroup(g.qid, g.pos_ids, g.neg_ids, {**base.teacher_scores, **dark_scores}, g.extra_passages))
+    log.info("dark examples: %s", stats.as_dict())
+    ctx.record("dark", start, reused)
+    return out
 
 
 def corpus_embeddings(ctx: Context, model_path: str | None, max_length: int, tag: str) -> Any:

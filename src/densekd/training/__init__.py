@@ -4,6 +4,8 @@ Flow: ``TrainGroup`` records -> :class:`TrainGroupDataset` (seeded per (seed, ep
 1 positive + G-1 negatives, texts looked up lazily) -> :class:`DistillCollator` (tokenised queries,
 group-major passages, teacher scores, repeat mask) -> :class:`DistillTrainer` (HF ``Trainer`` with a
 distillation ``compute_loss``; saves :class:`~densekd.encoders.dense.DenseEncoder` folders).
+:class:`SelfPacedDataset` optionally restricts (or weights) each epoch to the instances the teacher
+is most confident about (ADAM's self-paced distillation).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from densekd.training.callbacks import EpochSetterCallback, RetrievalEvalCallbac
 from densekd.training.collator import DistillCollator, TextTokenizer, repeat_mask
 from densekd.training.config import DistillConfig, default_loss_spec
 from densekd.training.dataset import TrainGroupDataset, sample_group_ids
+from densekd.training.self_paced import SelfPacedConfig, SelfPacedDataset, SelfPacedLogCallback, SelfPacedSelector
 from densekd.training.trainer import DistillTrainer, PassageEmbeddingTable, freeze_passage_side
 
 __all__ = [
@@ -21,6 +24,10 @@ __all__ = [
     "EpochSetterCallback",
     "PassageEmbeddingTable",
     "RetrievalEvalCallback",
+    "SelfPacedConfig",
+    "SelfPacedDataset",
+    "SelfPacedLogCallback",
+    "SelfPacedSelector",
     "TextTokenizer",
     "TrainGroupDataset",
     "default_loss_spec",

@@ -9,7 +9,9 @@ Data contract
                                           #   candidate j of query i; None when tokenize_passage is None
      "teacher_scores": Tensor | None,     # float32[B, G] raw teacher logits aligned with pids, or None
      "mask": Tensor,                      # bool[B, G]; False = a repeat of an earlier id in the same group
-     "pids": list[list[str]]}             # [B][G] candidate ids (query_only mode looks vectors up by these)
+     "pids": list[list[str]],             # [B][G] candidate ids (query_only mode looks vectors up by these)
+     "weights": Tensor}                   # float32[B] instance weights; only when items carry "weight"
+                                          #   (e.g. self-paced weight mode), absent otherwise
 
 ``mask`` implements the dataset's "pad by repeating" contract: padding repeats ids, and every
 repeated id (also a positive that reappears among the negatives, or a duplicated negative in the file)
@@ -104,6 +106,9 @@ class DistillCollator:
             "mask": repeat_mask(pids),
             "pids": pids,
         }
+        weights = _stack_weights(items)
+        if weights is not None:  # only then: batches without weights keep their exact old keys
+            batch["weights"] = weights
         if self.tokenize_passage is not None:
             texts = [text for item in items for text in item["passages"]]  # group-major
             if len(texts) != len(items) * group_size:
@@ -124,3 +129,14 @@ def _stack_teacher_scores(items: list[dict[str, Any]], group_size: int) -> torch
     if any(len(s) != group_size for s in scores):
         raise ValueError("teacher_scores must have one value per pid")
     return torch.tensor(scores, dtype=torch.float32)
+
+
+def _stack_weights(items: list[dict[str, Any]]) -> torch.Tensor | None:
+    """``float32[B]`` from the items' ``"weight"``, or ``None`` when no item has one."""
+    weights = [item.get("weight") for item in items]
+    missing = sum(w is None for w in weights)
+    if missing == len(items):
+        return None
+    if missing:
+        raise ValueError(f"{missing} of {len(items)} items in a batch have no 'weight'; weight every item or none")
+    return torch.tensor(weights, dtype=torch.float32)

@@ -10,12 +10,24 @@ Data contract
 * Scores handed to the losses (:class:`densekd.losses.ScoreBatch`): ``student[B, G]`` = each query
   against its own group; with ``use_in_batch_negatives`` also ``in_batch[B, N]`` against every passage
   of the global batch (gathered across DDP ranks by :func:`densekd.losses.global_in_batch`, the one
-  place that talks to ``torch.distributed``); ``teacher[B, G]`` raw logits; ``mask[B, G]``.
+  place that talks to ``torch.distributed``); ``teacher[B, G]`` raw logits; ``mask[B, G]``; and
+  ``weights[B]`` when the batch carries instance weights (e.g. self-paced weight mode).
 * Saving: every checkpoint and ``save_model`` folder is a :meth:`DenseEncoder.save_pretrained` folder
   (safetensors) plus ``training_args.json``; never a pickled model. HF's own loaders expect
   ``model.safetensors`` with the wrapper's parameter names and would *silently* load nothing from it
   (non-strict), so resuming and ``load_best_model_at_end`` go through ``DenseEncoder.from_pretrained``
   and a strict ``load_state_dict`` instead (the two ``_load_*`` overrides).
+
+Models with several score heads
+-------------------------------
+A model with ``compute_scores`` (e.g. :class:`~densekd.encoders.ernie.ErnieSearchModel`) scores the
+batch itself: the trainer calls ``model(query=..., passage=..., group_size=G, mask=mask,
+in_batch=use_in_batch_negatives)`` (through ``forward``, so DDP sees the pass) and gets
+``{head: [B, G], f"{head}_in_batch": [B, B*G] local scores or an InBatchScores from global_in_batch}``.
+The ``"dense"`` head becomes the :class:`ScoreBatch` every loss sees; the others go into
+``ScoreBatch.heads`` with the same teacher scores and mask. Losses that need a head declare it in
+``score_heads``; a missing one is an error before training starts. ``query_only`` is not available
+for such models (their heads need the passage tokens).
 
 ``query_only`` mode
 -------------------
@@ -52,13 +64,15 @@ from transformers import Trainer
 
 from densekd.data.io import atomic_write
 from densekd.encoders.dense import CONFIG_NAME, DenseEncoder
-from densekd.losses import ScoreBatch, WeightedSum, build_loss, global_in_batch, group_scores
+from densekd.losses import InBatchScores, ScoreBatch, WeightedSum, build_loss, global_in_batch, group_scores
 from densekd.losses.combine import TOTAL_KEY
 from densekd.training.callbacks import EpochSetterCallback
 from densekd.training.collator import DistillCollator
 from densekd.training.config import DistillConfig
 
 TRAINING_ARGS_JSON = "training_args.json"
+#: the head of a multi-head model that single-head losses (and the deployed retriever) score
+PRIMARY_HEAD = "dense"
 
 
 class PassageEmbeddingTable:
@@ -166,6 +180,10 @@ class DistillTrainer(Trainer):
             if kwargs.get(unsupported) is not None:
                 raise ValueError(f"DistillTrainer does not support {unsupported}")
         query_only = args.train_mode == "query_only"
+        self.multi_head = callable(getattr(model, "compute_scores", None))
+        if self.multi_head and query_only:
+            raise ValueError(f"{type(model).__name__} scores with several heads from passage tokens; "
+                             "train_mode='query_only' is not supported for it")
         table = self._setup_mode(model, passage_embeddings, query_only)
         if data_collator is None:
             data_collator = DistillCollator.from_encoder(model, query_only=query_only)
@@ -174,6 +192,7 @@ class DistillTrainer(Trainer):
                              "collator with tokenize_passage=None")
         super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
         self.loss_fn = build_loss(args.loss) if loss_fn is None else loss_fn
+        _check_score_heads(self.loss_fn, model)
         self.passage_table = table
         # without labels HF's prediction_step only routes through compute_loss when the model "can
         # return a loss"; DenseEncoder.forward cannot, so evaluate() would call it with our batch keys
@@ -200,9 +219,20 @@ class DistillTrainer(Trainer):
     # ------------------------------------------------------------------------------------- loss
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Tensor | int | None = None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-        """Encode, score and apply ``loss_fn``; ``num_items_in_batch`` is unused (module docstring)."""
+        """Encode, score and apply ``loss_fn``; ``num_items_in_batch`` is unused (module docstring).
+
+        A multi-head model (``compute_scores``) scores the batch itself, one :class:`ScoreBatch` per head.
+        """
         if self.passage_table is None and inputs["passage"] is None:
             raise ValueError("batch has no passage tokens: full training needs a collator with tokenize_passage")
+        if self.multi_head:
+            heads = model(query=inputs["query"], passage=inputs["passage"], group_size=len(inputs["pids"][0]),
+                          mask=inputs.get("mask"), in_batch=self.args.use_in_batch_negatives)
+            components = self.loss_fn(head_score_batch(heads, inputs.get("teacher_scores"), inputs.get("mask"),
+                                                       inputs.get("weights")))
+            if model.training:
+                self._track_components(components)
+            return (components[TOTAL_KEY], heads) if return_outputs else components[TOTAL_KEY]
         # through `model` (possibly DDP-wrapped), never model.module.encode_*: DDP must see the forward
         vectors = model(query=inputs["query"], passage=inputs["passage"])
         q = vectors["query"]                                                   # [B, D]
@@ -226,7 +256,7 @@ class DistillTrainer(Trainer):
             extra = {"in_batch": in_batch.scores, "in_batch_offset": in_batch.offset,
                      "in_batch_mask": in_batch.mask}
         return ScoreBatch(student=group_scores(q, p, group_size), teacher=inputs.get("teacher_scores"),
-                          mask=mask, **extra)
+                          weights=inputs.get("weights"), mask=mask, **extra)
 
     def _track_components(self, components: dict[str, Tensor]) -> None:
         # detached tensors, no .item(): no host sync per micro-batch
@@ -273,7 +303,7 @@ class DistillTrainer(Trainer):
         if not os.path.isfile(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
             raise ValueError(f"{resume_from_checkpoint} is not a DistillTrainer checkpoint (no {CONFIG_NAME})")
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        saved = DenseEncoder.from_pretrained(resume_from_checkpoint)
+        saved = type(target).from_pretrained(resume_from_checkpoint)  # e.g. ErnieSearchModel: its heads too
         # a shared encoder's state dict lists the tower under both prefixes, so shared and untied
         # (query_only) checkpoints have the same keys
         target.load_state_dict(saved.state_dict(), strict=True)
@@ -281,3 +311,37 @@ class DistillTrainer(Trainer):
     def _load_best_model(self) -> None:
         """``load_best_model_at_end`` through the same strict loader as resuming."""
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def head_score_batch(heads: Mapping[str, Any], teacher: Tensor | None, mask: Tensor | None,
+                     weights: Tensor | None = None) -> ScoreBatch:
+    """One :class:`ScoreBatch` per head of ``compute_scores`` output: ``"dense"`` outside, others in ``heads``.
+
+    ``teacher[B, G]``, ``mask[B, G]`` and ``weights[B]`` apply to every head. ``f"{head}_in_batch"`` may
+    be a local ``[B, B*G]`` tensor (mask derived from ``mask``) or the :class:`InBatchScores` of
+    :func:`global_in_batch` (gathered columns, offset and mask).
+    """
+    def one(name: str, **extra: Any) -> ScoreBatch:
+        in_batch = heads.get(f"{name}_in_batch")
+        if isinstance(in_batch, InBatchScores):
+            extra.update(in_batch=in_batch.scores, in_batch_offset=in_batch.offset, in_batch_mask=in_batch.mask)
+        elif in_batch is not None:
+            extra.update(in_batch=in_batch)
+        return ScoreBatch(student=heads[name], teacher=teacher, mask=mask, weights=weights, **extra)
+
+    names = [name for name in heads if not name.endswith("_in_batch")]
+    if PRIMARY_HEAD not in names:
+        raise ValueError(f"compute_scores returned heads {names}; the primary head {PRIMARY_HEAD!r} is missing")
+    return one(PRIMARY_HEAD, heads={name: one(name) for name in names if name != PRIMARY_HEAD})
+
+
+def _check_score_heads(loss_fn: Any, model: Any) -> None:
+    """Fail before training when a loss needs a score head the model does not produce."""
+    provided = set(getattr(model, "score_heads", ()))
+    losses = getattr(loss_fn, "losses", {"loss": loss_fn})
+    for name, loss in losses.items():
+        missing = [h for h in getattr(loss, "score_heads", ()) if h not in provided]
+        if missing:
+            raise ValueError(f"loss {name!r} needs score heads {missing}, which {type(model).__name__} does not "
+                             f"provide (it has {sorted(provided) or 'only dense vectors'}); use "
+                             "densekd.encoders.ernie.ErnieSearchModel")

@@ -1,0 +1,224 @@
+"""ERNIE-Search student: one shared tower read by a dense (pooled-vector) head and a ColBERT head.
+
+Lu et al., 2022, "ERNIE-Search: Bridging Cross-Encoder with Dual-Encoder via Self On-the-fly
+Distillation for Dense Passage Retrieval". Both heads come from the *same* forward pass of one
+transformer shared by queries and passages, so the late-interaction head can teach the dense head in
+the same step (:class:`densekd.losses.ernie.ErnieSearchLoss`). After training only the dense head is
+needed: the model *is* a :class:`~densekd.encoders.dense.DenseEncoder` (a subclass).
+
+Data contract
+-------------
+* As a ``DenseEncoder``: ``encode_query(batch) / encode_passage(batch) -> float[B, D]`` pooled vectors
+  (with gradients), ``encode_queries / encode_passages`` for inference, so it works unchanged with
+  ``encode_corpus``, ``dense_search``, ``RetrievalEvalCallback`` and the pipeline's evaluation.
+* ``embed(batch, passage) -> ErnieEmbeddings(vector[B, D], tokens[B, L, Dc], mask bool[B, L])``: both
+  representations from one forward pass; tokens are L2-normalised ``Dc``-d (default 128) projections,
+  ``mask`` drops padding and, on passages with ``skip_punctuation``, punctuation.
+* ``compute_scores(query, passage, group_size, mask=None, in_batch=True)`` (the multi-head protocol of
+  :class:`~densekd.training.trainer.DistillTrainer`; ``passage`` is group-major ``[B * G]``)::
+
+      {"dense": float[B, G],                 # dot products of pooled vectors
+       "colbert": float[B, G],               # MaxSim (losses.scores.maxsim_grouped)
+       "dense_in_batch": InBatchScores,      # [B, N] vs every passage of the DDP-global batch
+       "colbert_in_batch": float[B, B * G]}  # vs the local batch's passages (token matrices of
+                                             #   different lengths are not gathered across ranks)
+
+  the two ``*_in_batch`` entries only when ``in_batch``. ``forward(query, passage, group_size=G, ...)``
+  returns the same dict (the trainer goes through ``forward`` so that DDP sees the pass); without
+  ``group_size`` it is ``DenseEncoder.forward``.
+
+On disk (``save_pretrained``)
+-----------------------------
+A :class:`DenseEncoder` folder (shared tower, config ``densekd_encoder.json``, written last) plus the
+late-interaction files of :mod:`densekd.encoders.late_interaction` (head + its config, written
+first), one set of tower weights for both. Hence ``DenseEncoder.from_pretrained(folder)`` loads the
+trained dense retriever, ``LateInteractionEncoder.from_pretrained(folder)`` its ColBERT side and
+``ErnieSearchModel.from_pretrained(folder)`` both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from densekd.encoders.dense import DenseEncoder, DenseEncoderConfig, resolve_model_path
+from densekd.encoders.late_interaction import (
+    LI_HEAD_NAME,
+    LateInteractionConfig,
+    LateInteractionEncoder,
+    LateInteractionHead,
+    punctuation_ids,
+    read_late_interaction_config,
+    save_late_interaction_files,
+    token_mask,
+)
+from densekd.losses.scores import InBatchScores, global_in_batch, group_scores, maxsim, maxsim_grouped
+
+DEFAULT_COLBERT_DIM = 128
+
+
+class ErnieEmbeddings(NamedTuple):
+    """One forward pass, both heads: ``vector[B, D]``, ``tokens[B, L, Dc]`` and ``mask[B, L]``."""
+
+    vector: Tensor
+    tokens: Tensor
+    mask: Tensor
+
+
+class ErnieSearchModel(DenseEncoder):
+    """Dense retriever with a ColBERT head on the same tower, for ERNIE-Search training.
+
+    Parameters
+    ----------
+    config
+        The dense side's settings (pooling, normalisation, lengths, prefixes); ``shared`` must be True.
+    model
+        The one HF tower.
+    tokenizer
+        Its tokenizer.
+    projection
+        Optional dense projection (``config.projection_dim``).
+    colbert_head
+        The late-interaction projection (``hidden -> Dc``, L2-normalised).
+    skip_punctuation
+        Mask punctuation tokens out of passages in MaxSim.
+
+    Examples
+    --------
+    >>> model = ErnieSearchModel.from_pretrained("path/to/bert", colbert_dim=128)    # doctest: +SKIP
+    >>> scores = model.compute_scores(q_batch, p_batch, group_size=8)               # doctest: +SKIP
+    >>> model.save_pretrained("out"); DenseEncoder.from_pretrained("out")           # doctest: +SKIP
+    """
+
+    #: score heads that ``compute_scores`` returns ("dense" is what the deployed retriever scores)
+    score_heads: tuple[str, ...] = ("dense", "colbert")
+
+    def __init__(self, config: DenseEncoderConfig, model: nn.Module, tokenizer: Any,
+                 projection: nn.Linear | None, colbert_head: LateInteractionHead, skip_punctuation: bool = True):
+        if not config.shared:
+            raise ValueError("ErnieSearchModel needs one shared tower (DenseEncoderConfig.shared=True)")
+        super().__init__(config, model, None, tokenizer, projection)
+        self.colbert_head = colbert_head
+        self.skip_punctuation = bool(skip_punctuation)
+        skip = punctuation_ids(tokenizer) if skip_punctuation else []
+        # non-persistent: derived from the tokenizer, and the state dict stays the tower's + heads'
+        self.register_buffer("skip_ids", torch.tensor(skip, dtype=torch.long), persistent=False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None, colbert_dim: int | None = None,
+                        skip_punctuation: bool | None = None, **overrides: Any) -> ErnieSearchModel:
+        """Load an ERNIE-Search folder, or start one from any checkpoint ``DenseEncoder`` accepts.
+
+        Parameters
+        ----------
+        path
+            ERNIE-Search folder, densekd dense folder, late-interaction folder, sentence-transformers
+            folder or plain HF checkpoint; ``None`` = bundled all-MiniLM-L6-v2.
+        colbert_dim
+            Size of a *new* ColBERT head (default 128); must match a saved head when given.
+        skip_punctuation
+            Overrides the saved value (default True for a new head).
+        **overrides
+            :class:`DenseEncoderConfig` fields (``shared`` must stay True).
+        """
+        root = Path(resolve_model_path(path))
+        dense = DenseEncoder.from_pretrained(root, **overrides)
+        hidden = dense.query_model.config.hidden_size
+        saved = read_late_interaction_config(root)
+        if saved is not None:  # a trained late-interaction head (ERNIE-Search or ColBERT folder)
+            if colbert_dim is not None and colbert_dim != saved["dim"]:
+                raise ValueError(f"{root} holds a ColBERT head of dim {saved['dim']}, not {colbert_dim}")
+            head = LateInteractionHead.load(root / LI_HEAD_NAME, hidden, saved["dim"])
+            skip = saved["skip_punctuation"] if skip_punctuation is None else skip_punctuation
+        else:
+            # new head: random init from torch's global RNG (seed it for reproducible runs)
+            head = LateInteractionHead(hidden, colbert_dim or DEFAULT_COLBERT_DIM)
+            skip = True if skip_punctuation is None else skip_punctuation
+        return cls(dense.config, dense.query_model, dense.tokenizer, dense.projection, head, skip)
+
+    @property
+    def colbert_dim(self) -> int:
+        """Token embedding size ``Dc`` of the ColBERT head."""
+        return self.colbert_head.linear.out_features
+
+    def untie(self) -> None:
+        """Refused: both heads and both sides must read one tower (so ``query_only`` is unsupported)."""
+        raise ValueError("ErnieSearchModel shares one tower between queries, passages and both heads; "
+                         "it cannot be untied (train_mode='query_only' is not supported)")
+
+    # ----------------------------------------------------------------------------- heads
+    def embed(self, batch: dict[str, Tensor], passage: bool) -> ErnieEmbeddings:
+        """Pooled vector, ColBERT tokens and token mask of a tokenised batch from one forward pass."""
+        hidden = self.query_model(**batch).last_hidden_state                    # [B, L, H]
+        vector = self.vectors_from_hidden(hidden, batch["attention_mask"])      # [B, D]
+        mask = token_mask(batch, self.skip_ids if passage else None)            # [B, L]
+        return ErnieEmbeddings(vector, self.colbert_head(hidden), mask)         # tokens [B, L, Dc]
+
+    def compute_scores(self, query: dict[str, Tensor], passage: dict[str, Tensor], group_size: int,
+                       mask: Tensor | None = None, in_batch: bool = True) -> dict[str, Tensor | InBatchScores]:
+        """Dense and late-interaction scores of each query's group, and in-batch (module docstring).
+
+        Parameters
+        ----------
+        query, passage
+            Tokenised ``B`` queries and ``B * G`` group-major passages.
+        group_size
+            ``G``.
+        mask
+            ``bool[B, G]`` real (non-repeated) candidates; gathered with the dense in-batch scores.
+        in_batch
+            Also score every query against every passage of the batch.
+        """
+        q, p = self.embed(query, passage=False), self.embed(passage, passage=True)
+        out: dict[str, Tensor | InBatchScores] = {
+            "dense": group_scores(q.vector, p.vector, group_size),
+            "colbert": maxsim_grouped(q.tokens, q.mask, p.tokens, p.mask, group_size),
+        }
+        if in_batch:
+            out["dense_in_batch"] = global_in_batch(q.vector, p.vector, mask)
+            out["colbert_in_batch"] = maxsim(q.tokens, q.mask, p.tokens, p.mask)
+        return out
+
+    def forward(self, query: dict[str, Tensor] | None = None, passage: dict[str, Tensor] | None = None,
+                group_size: int | None = None, mask: Tensor | None = None,
+                in_batch: bool = True) -> dict[str, Any]:
+        """``DenseEncoder.forward`` (vectors) without ``group_size``; :meth:`compute_scores` with it."""
+        if group_size is None:
+            return super().forward(query, passage)
+        if query is None or passage is None:
+            raise ValueError("compute_scores needs both the query and the passage batch")
+        return self.compute_scores(query, passage, group_size, mask, in_batch)
+
+    # ----------------------------------------------------------------------------- views and saving
+    def late_interaction_config(self) -> LateInteractionConfig:
+        """The ColBERT side's settings (lengths and prefixes are the dense side's)."""
+        c = self.config
+        return LateInteractionConfig(model_name_or_path=c.model_name_or_path, dim=self.colbert_dim,
+                                     skip_punctuation=self.skip_punctuation, query_max_length=c.query_max_length,
+                                     passage_max_length=c.passage_max_length, query_prefix=c.query_prefix,
+                                     passage_prefix=c.passage_prefix)
+
+    def to_dense_encoder(self) -> DenseEncoder:
+        """A plain :class:`DenseEncoder` view of the dense head (shares the weights, no copy)."""
+        return DenseEncoder(self.config, self.query_model, None, self.tokenizer, self.projection)
+
+    def to_late_interaction_encoder(self) -> LateInteractionEncoder:
+        """A :class:`LateInteractionEncoder` view of the ColBERT head (shares the weights, no copy):
+        re-ranking, token-store search and :meth:`LateInteractionEncoder.score` of the trained head."""
+        return LateInteractionEncoder(self.late_interaction_config(), self.query_model, self.tokenizer,
+                                      self.colbert_head)
+
+    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
+        """Late-interaction head and config first, then the ``DenseEncoder`` folder (its config last).
+
+        That order means a folder whose dense config exists is complete, so an interrupted save is
+        never loaded with a silently re-initialised ColBERT head.
+        """
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_late_interaction_files(out, self.colbert_head, self.late_interaction_config())
+        super().save_pretrained(out)

@@ -1,0 +1,116 @@
+"""``densekd run`` with ADAM (dark examples + self-paced distillation) on the toy set, and its config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from densekd.cli.config import load_config
+from densekd.cli.main import main
+from densekd.data.io import DataFormatError
+from densekd.mining.dark_examples import DarkExampleConfig
+from densekd.pipeline.config import DarkExamplesSection, PipelineConfig, SelfPacedSection, StudentSection
+from densekd.pipeline.run import _student_settings
+from densekd.teachers.annotate import load_annotations
+from densekd.training.self_paced import SelfPacedConfig
+
+
+def _config(tmp_path: Path, toy_beir_dir: Path, tiny_bert_path: str, **student) -> Path:
+    cfg = {
+        "name": "toy-adam", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+        "encode_batch_size": 4,
+        "data": {"root": str(toy_beir_dir)},
+        "mining": {"depth": 8, "n_negatives": 3, "rank_range": [0, 8], "sampling": "top"},
+        "teacher": {"model": tiny_bert_path, "max_steps": 2, "batch_size": 2, "group_size": 3, "max_length": 32,
+                    "rerank_depth": 4},
+        "student": {"model": tiny_bert_path, "max_steps": 4, "batch_size": 2, "group_size": 4,
+                    "passage_max_length": 32, "query_max_length": 16, "logging_steps": 1, **student},
+    }
+    path = tmp_path / "toy-adam.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+ADAM = {"dark_examples": {"enabled": True, "n_mixup": 1, "n_masked": 2, "max_tokens": 24},
+        "self_paced": {"enabled": True, "start_fraction": 0.6, "warm_epochs": 1}}
+
+
+def test_adam_run_end_to_end_then_fully_cached(tmp_path, toy_beir_dir, tiny_bert_path):
+    cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, **ADAM)
+    assert main(["run", str(cfg)]) == 0
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["student"]["steps"] == 4 and "dark" in first["steps"]
+    assert 0.0 <= first["rows"]["distilled student"]["ndcg@10"] <= 1.0
+
+    # the mined candidates' scores come from the ordinary annotation cache; the dark file holds only
+    # the positives and the dark examples, scored by the same teacher
+    (base_file,) = cache.glob("annotations/*/scores.jsonl")
+    (dark_file,) = cache.glob("dark/*/scores.jsonl")
+    base_header, base = load_annotations(base_file)
+    dark_header, dark = load_annotations(dark_file)
+    assert base_header["teacher"] == dark_header["teacher"]
+    assert all(not g.extra_passages for g in base)
+    has_negatives = {g.qid: bool(g.neg_ids) for g in base}
+    assert any(has_negatives.values())
+    for g in dark:
+        mix = [f"dark:mix:{g.qid}:0"] if has_negatives[g.qid] else []  # no negative, nothing to mix into
+        assert g.neg_ids == mix + [f"dark:mask:{g.qid}:0", f"dark:mask:{g.qid}:1"]
+        assert set(g.extra_passages) == set(g.neg_ids)
+
+    # self-paced: 3 of the 5 toy queries in epoch 0 (2 steps of 2 with drop_last), all of them in epoch 1
+    history = json.loads((out / "student" / "log_history.json").read_text())
+    fractions = [h["self_paced_fraction"] for h in history if "self_paced_fraction" in h]
+    assert fractions == [0.6, 1.0]
+    assert all("self_paced_quality_mean" in h for h in history if "self_paced_fraction" in h)
+    assert (out / "teacher_scores.png").is_file()
+
+    assert main(["run", str(cfg)]) == 0
+    second = json.loads((out / "metrics.json").read_text())
+    cached = {name: t["cached"] for name, t in second["steps"].items() if name != "evaluate"}
+    assert all(cached.values()), cached
+    assert second["rows"] == first["rows"]
+
+
+def test_adam_sections_are_off_by_default_and_keep_old_student_keys():
+    student = StudentSection()
+    assert not student.dark_examples.enabled and not student.self_paced.enabled
+    settings = _student_settings(student)
+    names = {f.name for f in dataclasses.fields(StudentSection)}
+    assert set(settings) == names - {"dark_examples", "self_paced"}
+    on = dataclasses.replace(student, self_paced=SelfPacedSection(enabled=True))
+    assert "self_paced" in _student_settings(on)
+
+
+@pytest.mark.parametrize("section,library", [(DarkExamplesSection, DarkExampleConfig),
+                                             (SelfPacedSection, SelfPacedConfig)])
+def test_pipeline_sections_mirror_the_library_configs(section, library):
+    ours = {f.name: f.default for f in dataclasses.fields(section) if f.name != "enabled"}
+    theirs = {f.name: f.default for f in dataclasses.fields(library)}
+    assert ours == theirs
+    assert section(enabled=True).to_config() == library()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["student.dark_examples.enabled=true", "student.train_mode=query_only"], "train_mode"),
+    (["student.dark_examples.enabled=true", "teacher.fusion={cross_encoder: 1.0, bm25: 0.5}"], "bm25"),
+    (["student.dark_examples.enabled=true", "student.dark_examples.mix_fraction=1.5"], "mix_fraction"),
+    (["student.self_paced.enabled=true", "student.self_paced.schedule=cosine"], "schedule"),
+])
+def test_bad_adam_settings_are_config_errors(tmp_path, toy_beir_dir, tiny_bert_path, overrides, message):
+    cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path)
+    with pytest.raises(DataFormatError, match=message):
+        load_config(cfg, overrides, PipelineConfig)
+
+
+def test_scifact_adam_config_shares_the_kd_teacher():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    adam = load_config(root / "scifact-adam.yaml", [], PipelineConfig)
+    kd = load_config(root / "scifact-kd.yaml", [], PipelineConfig)
+    assert (adam.data, adam.mining, adam.teacher, adam.cache_dir) == (kd.data, kd.mining, kd.teacher, kd.cache_dir)
+    assert adam.student.dark_examples.enabled and adam.student.self_paced.enabled
+    assert adam.output_dir != kd.output_dir
