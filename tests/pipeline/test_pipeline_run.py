@@ -92,3 +92,24 @@ def test_cached_step_reuses_and_discards_interrupted_output(tmp_path):
 def test_cache_key_is_order_insensitive_and_value_sensitive():
     assert cache_key({"a": 1, "b": [1, 2]}) == cache_key({"b": [1, 2], "a": 1})
     assert cache_key({"a": 1}) != cache_key({"a": 2})
+
+
+def test_run_with_ernie_student(tmp_path, toy_beir_dir, tiny_bert_path):
+    cfg_path = _config(tmp_path, toy_beir_dir, tiny_bert_path, "full", {"cross_encoder": 1.0})
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["student"].update({"architecture": "ernie", "colbert_dim": 8, "loss": {"ernie": {"ce_to_dense_weight": 0.5}}})
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(cfg_path)]) == 0
+    model_dir = tmp_path / "out" / "student" / "model"
+    from densekd.encoders.ernie import ErnieSearchModel
+
+    assert ErnieSearchModel.from_pretrained(model_dir).colbert_dim == 8
+    history = json.loads((tmp_path / "out" / "student" / "log_history.json").read_text())
+    logged = {k for h in history for k in h}
+    assert any("kl_colbert_to_dense" in k for k in logged), logged
+
+
+def test_ernie_rejects_query_only(tmp_path, toy_beir_dir, tiny_bert_path, capsys):
+    cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"cross_encoder": 1.0})
+    assert main(["run", str(cfg), "--set", "student.architecture=ernie"]) == 2
+    assert "train_mode=full" in capsys.readouterr().err

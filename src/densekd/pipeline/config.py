@@ -207,6 +207,12 @@ class StudentSection:
         Evaluate on the dev set every N steps during training (``0`` = only at the end).
     logging_steps
         Log the loss and its components every N steps (the report's training curve).
+    architecture
+        ``"dense"`` (a :class:`~densekd.encoders.dense.DenseEncoder`) or ``"ernie"`` (ERNIE-Search: one
+        shared tower with a dense and a ColBERT head, :class:`~densekd.encoders.ernie.ErnieSearchModel`;
+        use the ``ernie`` loss). Either way the dense head is what gets indexed and evaluated.
+    colbert_dim
+        Size of the ColBERT token projection (``architecture: ernie`` only).
     dark_examples
         ADAM dark examples (:class:`DarkExamplesSection`; off by default). They are scored by the
         teacher in the annotate step; full ``train_mode`` and a cross-encoder-only teacher signal only.
@@ -228,6 +234,8 @@ class StudentSection:
     passage_max_length: int = 256
     eval_steps: int = 0
     logging_steps: int = 5
+    architecture: str = "dense"
+    colbert_dim: int = 128
     dark_examples: DarkExamplesSection = field(default_factory=DarkExamplesSection)
     self_paced: SelfPacedSection = field(default_factory=SelfPacedSection)
 
@@ -259,6 +267,10 @@ class PipelineConfig:
     student: StudentSection = field(default_factory=StudentSection)
 
     def __post_init__(self) -> None:
+        if self.student.architecture not in ("dense", "ernie"):
+            raise ValueError(f"student.architecture must be 'dense' or 'ernie', got {self.student.architecture!r}")
+        if self.student.architecture == "ernie" and self.student.train_mode != "full":
+            raise ValueError("student.architecture=ernie trains the shared tower: it needs student.train_mode=full")
         if self.student.dark_examples.enabled:
             # dark examples exist only in the training groups: no BM25 score, no cached corpus vector
             if self.student.train_mode != "full":

@@ -22,6 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from densekd.data.io import write_json
 from densekd.data.types import TrainGroup
 from densekd.eval.metrics import evaluate
@@ -32,7 +34,6 @@ from densekd.pipeline.config import PipelineConfig
 
 def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> tuple[Path, dict[str, Any]]:
     """Distil the teacher's scores into the dual-encoder student (cached on its inputs' key)."""
-    from densekd.encoders.dense import DenseEncoder
     from densekd.training.callbacks import RetrievalEvalCallback
     from densekd.training.config import DistillConfig
     from densekd.training.dataset import TrainGroupDataset
@@ -49,8 +50,7 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
             num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,  # warmup_steps < 1 is a ratio
             warmup_steps=s.warmup_ratio, seed=s.seed, group_size=s.group_size, loss=s.loss,
             train_mode=s.train_mode, save_strategy="no", logging_steps=s.logging_steps, lr_scheduler_type="linear")
-        encoder = DenseEncoder.from_pretrained(s.model, query_max_length=s.query_max_length,
-                                               passage_max_length=s.passage_max_length)
+        encoder = _build_student(s)
         dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=s.group_size, seed=s.seed)
         callbacks = []
         if s.self_paced.enabled:
@@ -79,13 +79,28 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
     return folder / "model", summary
 
 
+def _build_student(s: Any) -> Any:
+    """The student model the section asks for, from its start checkpoint."""
+    from densekd.encoders.dense import DenseEncoder
+
+    lengths = {"query_max_length": s.query_max_length, "passage_max_length": s.passage_max_length}
+    if s.architecture == "ernie":
+        from densekd.encoders.ernie import ErnieSearchModel
+
+        torch.manual_seed(s.seed)  # the ColBERT head is new: seed its initialisation
+        return ErnieSearchModel.from_pretrained(s.model, colbert_dim=s.colbert_dim, **lengths)
+    return DenseEncoder.from_pretrained(s.model, **lengths)
+
+
 def _student_settings(s: Any) -> dict[str, Any]:
-    """The student section as a dict, without the ADAM sections that are off: a run without them keeps
-    the cache key it had before they existed."""
+    """The student section as a dict, without the sections that are off or at their defaults: a run
+    that does not use them keeps the cache key it had before they existed."""
     settings = asdict(s)
     for name in ("dark_examples", "self_paced"):
         if not settings[name]["enabled"]:
             del settings[name]
+    if settings["architecture"] == "dense":
+        del settings["architecture"], settings["colbert_dim"]
     return settings
 
 
