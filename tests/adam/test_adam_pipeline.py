@@ -81,9 +81,12 @@ def test_adam_sections_are_off_by_default_and_keep_old_student_keys():
     assert not student.dark_examples.enabled and not student.self_paced.enabled
     settings = _student_settings(student)
     names = {f.name for f in dataclasses.fields(StudentSection)}
-    assert set(settings) == names - {"dark_examples", "self_paced"}
+    # the default dense architecture is left out of the key too (it predates the ERNIE option)
+    assert set(settings) == names - {"dark_examples", "self_paced", "architecture", "colbert_dim"}
     on = dataclasses.replace(student, self_paced=SelfPacedSection(enabled=True))
     assert "self_paced" in _student_settings(on)
+    ernie = _student_settings(dataclasses.replace(student, architecture="ernie"))
+    assert ernie["architecture"] == "ernie" and ernie["colbert_dim"] == 128
 
 
 @pytest.mark.parametrize("section,library", [(DarkExamplesSection, DarkExampleConfig),

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from densekd.data.io import (
-    DataFormatError, atomic_write, check_tsv_value, get_field, get_id, iter_jsonl, iter_tsv, parse_int,
-    write_jsonl,
+    DataFormatError, atomic_write, check_tsv_value, collect_passages, get_field, get_id, iter_jsonl, iter_tsv,
+    parse_int, write_jsonl,
 )
 from densekd.data.types import Corpus, Passage, Qrels, Queries, Query
 
@@ -76,12 +76,7 @@ def iter_corpus(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[
 
 def load_corpus(path: str | os.PathLike, allow_empty: bool = False) -> Corpus:
     """Load a ``corpus.jsonl`` into an id -> :class:`Passage` dict (file order), rejecting duplicate ids."""
-    corpus: Corpus = {}
-    for line, passage in _iter_corpus_lines(path, allow_empty):
-        if passage.id in corpus:
-            raise DataFormatError(path, f"duplicate passage id {passage.id!r}", line)
-        corpus[passage.id] = passage
-    return corpus
+    return collect_passages(path, _iter_corpus_lines(path, allow_empty))
 
 
 def load_queries(path: str | os.PathLike) -> Queries:

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from densekd.data.io import (
-    DataFormatError, atomic_write, check_tsv_value, get_field, get_id, iter_lines, require_file, stable_id,
-    write_json,
+    DataFormatError, atomic_write, check_tsv_value, collect_passages, get_field, get_id, iter_lines, require_file,
+    stable_id, write_json,
 )
 from densekd.data.types import Corpus, Passage, Queries, Query, TrainGroup
 
@@ -250,12 +250,7 @@ def iter_psgs(path: str | os.PathLike) -> Iterator[Passage]:
 
 def load_psgs(path: str | os.PathLike) -> Corpus:
     """Load a ``psgs_w100.tsv``-format file into a :data:`Corpus`, rejecting duplicate ids."""
-    corpus: Corpus = {}
-    for line, passage in _iter_psgs_lines(path):
-        if passage.id in corpus:
-            raise DataFormatError(path, f"duplicate passage id {passage.id!r}", line)
-        corpus[passage.id] = passage
-    return corpus
+    return collect_passages(path, _iter_psgs_lines(path))
 
 
 def write_psgs(path: str | os.PathLike, passages: Corpus | Iterable[Passage]) -> int:

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from densekd.data.types import Corpus, Passage
+
 
 class DataFormatError(ValueError):
     """Bad user input: a malformed file, a broken contract between files, a bad config value.
@@ -186,6 +188,29 @@ def parse_float(value: str, path: str | os.PathLike, line: int, what: str) -> fl
     if not math.isfinite(number):
         raise DataFormatError(path, f"{what} must be finite, got {value!r}", line)
     return number
+
+
+def collect_passages(path: str | os.PathLike, numbered: Iterable[tuple[int, Passage]]) -> Corpus:
+    """Gather ``(line_number, passage)`` pairs into a :data:`Corpus` (file order), rejecting duplicate ids.
+
+    Parameters
+    ----------
+    path
+        The file the passages were read from (named in the error).
+    numbered
+        ``(line_number, passage)`` pairs, as a format module's line iterator yields them.
+
+    Raises
+    ------
+    DataFormatError
+        On the line of the second passage with an id already seen.
+    """
+    corpus: Corpus = {}
+    for line, passage in numbered:
+        if passage.id in corpus:
+            raise DataFormatError(path, f"duplicate passage id {passage.id!r}", line)
+        corpus[passage.id] = passage
+    return corpus
 
 
 def check_tsv_value(value: str, path: str | os.PathLike, what: str) -> str:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 from densekd.data.beir import add_judgement
 from densekd.data.io import (
-    DataFormatError, atomic_write, check_token, check_tsv_value, iter_lines, iter_tsv, parse_int, stable_id,
+    DataFormatError, atomic_write, check_token, check_tsv_value, collect_passages, iter_lines, iter_tsv, parse_int,
+    stable_id,
 )
 from densekd.data.types import Corpus, Passage, Qrels, Queries, Query, TrainGroup
 
@@ -79,12 +80,7 @@ def iter_collection(path: str | os.PathLike) -> Iterator[Passage]:
 
 def load_collection(path: str | os.PathLike) -> Corpus:
     """Load a ``collection.tsv`` into a :data:`Corpus`, rejecting duplicate pids."""
-    corpus: Corpus = {}
-    for line, passage in _iter_collection_lines(path):
-        if passage.id in corpus:
-            raise DataFormatError(path, f"duplicate passage id {passage.id!r}", line)
-        corpus[passage.id] = passage
-    return corpus
+    return collect_passages(path, _iter_collection_lines(path))
 
 
 def write_collection(path: str | os.PathLike, corpus: Corpus | Iterable[Passage]) -> int:

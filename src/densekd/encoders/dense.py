@@ -38,6 +38,7 @@ from transformers import AutoModel, AutoTokenizer
 from densekd.data.io import DataFormatError, atomic_write
 from densekd.data.types import Passage
 from densekd.encoders.pooling import POOLING_MODES, pool
+from densekd.encoders.tokenize import length_sorted_batches, tokenize_texts
 
 CONFIG_NAME = "densekd_encoder.json"
 PROJECTION_NAME = "projection.safetensors"
@@ -198,18 +199,13 @@ class DenseEncoder(nn.Module):
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
     # ----------------------------------------------------------------------------- tokenising
-    def _tokenize(self, texts: list[str], prefix: str, max_length: int) -> dict[str, torch.Tensor]:
-        texts = [prefix + t for t in texts] if prefix else list(texts)
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                                   return_tensors="pt"))
-
     def tokenize_queries(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenise queries (prefix, truncation at ``query_max_length``, padding to the longest)."""
-        return self._tokenize(texts, self.config.query_prefix, self.config.query_max_length)
+        return tokenize_texts(self.tokenizer, texts, self.config.query_prefix, self.config.query_max_length)
 
     def tokenize_passages(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenise passages (prefix, truncation at ``passage_max_length``, padding to the longest)."""
-        return self._tokenize(texts, self.config.passage_prefix, self.config.passage_max_length)
+        return tokenize_texts(self.tokenizer, texts, self.config.passage_prefix, self.config.passage_max_length)
 
     # ----------------------------------------------------------------------------- forward
     def _embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -256,17 +252,11 @@ class DenseEncoder(nn.Module):
         model = self.query_model if side == "query" else self.passage_model
         was_training = self.training
         self.eval()
-        # Tokenise everything once (fast Rust tokenizer), then sort by *token* length so each batch
-        # pads to nearly its own length: the main CPU saving over padding to the batch maximum.
-        enc = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_len)
-        order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         bar = tqdm(total=len(texts), desc=f"encode {side}s", unit="text", disable=not show_progress)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            features = [{k: enc[k][i] for k in enc.keys()} for i in idx]
-            batch = self.tokenizer.pad(features, return_tensors="pt")
-            out[idx] = self._embed(model, dict(batch)).float().cpu().numpy()
+        # length-sorted batches: each pads to nearly its own length
+        for idx, batch in length_sorted_batches(self.tokenizer, texts, prefix, max_len, batch_size):
+            out[idx] = self._embed(model, batch).float().cpu().numpy()
             bar.update(len(idx))
         bar.close()
         self.train(was_training)

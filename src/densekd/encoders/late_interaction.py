@@ -43,6 +43,7 @@ from transformers import AutoTokenizer
 from densekd.data.io import DataFormatError, atomic_path, atomic_write
 from densekd.data.types import Corpus, Passage, Queries, Run, top_k
 from densekd.encoders.dense import _load_tower, resolve_model_path
+from densekd.encoders.tokenize import length_sorted_batches, tokenize_texts
 from densekd.index.late_interaction import maxsim_ragged, stack_ragged
 
 LI_CONFIG_NAME = "densekd_late_interaction.json"
@@ -178,18 +179,13 @@ class LateInteractionEncoder(nn.Module):
         return self.config.dim
 
     # ----------------------------------------------------------------------------- forward
-    def _tokenize(self, texts: list[str], prefix: str, max_length: int) -> dict[str, torch.Tensor]:
-        texts = [prefix + t for t in texts] if prefix else list(texts)
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                                   return_tensors="pt"))
-
     def tokenize_queries(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenise queries (prefix, truncation at ``query_max_length``, padding to the longest)."""
-        return self._tokenize(texts, self.config.query_prefix, self.config.query_max_length)
+        return tokenize_texts(self.tokenizer, texts, self.config.query_prefix, self.config.query_max_length)
 
     def tokenize_passages(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Tokenise passages (prefix, truncation at ``passage_max_length``, padding to the longest)."""
-        return self._tokenize(texts, self.config.passage_prefix, self.config.passage_max_length)
+        return tokenize_texts(self.tokenizer, texts, self.config.passage_prefix, self.config.passage_max_length)
 
     def _embed(self, batch: dict[str, torch.Tensor], passage: bool) -> TokenEmbeddings:
         hidden = self.model(**batch).last_hidden_state                          # [B, L, H]
@@ -222,14 +218,10 @@ class LateInteractionEncoder(nn.Module):
                            else (cfg.query_prefix, cfg.query_max_length))
         was_training = self.training
         self.eval()
-        # length-sorted batches pad to nearly their own length (as DenseEncoder._encode_texts)
-        enc = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=max_len)
-        order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
         out: list[np.ndarray] = [np.empty(0)] * len(texts)
         bar = tqdm(total=len(texts), desc="encode tokens", unit="text", disable=not show_progress)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start:start + batch_size]
-            batch = dict(self.tokenizer.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt"))
+        # length-sorted batches: each pads to nearly its own length
+        for idx, batch in length_sorted_batches(self.tokenizer, texts, prefix, max_len, batch_size):
             batch = {k: v.to(self.skip_ids.device) for k, v in batch.items()}
             tokens, mask = self._embed(batch, passage)
             tokens, mask = tokens.float().cpu().numpy(), mask.cpu().numpy()

@@ -4,6 +4,9 @@ Contracts
 ---------
 * An id map is a 1-D numpy unicode array (dtype ``<U*``) saved with :func:`numpy.save`; it is read
   with ``allow_pickle=False``, so an object array (which would need pickle) is rejected as bad input.
+* Resumable encoders (:mod:`~densekd.index.encode`, :mod:`~densekd.index.late_interaction`) keep
+  their cache key in a state file while encoding and in the manifest, written last, once complete
+  (:func:`same_key`, :func:`finish_store`).
 * :func:`atomic_dir` builds a whole folder under a temporary name beside the target and renames it
   into place only when every file is written, so a reader never sees half an index.
 """
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from densekd.data.io import DataFormatError, atomic_write, require_file
+from densekd.data.io import DataFormatError, atomic_write, require_file, write_json
 
 
 @contextlib.contextmanager
@@ -99,3 +102,14 @@ def require_keys(obj: dict[str, Any], keys: dict[str, type | tuple[type, ...]], 
             raise DataFormatError(path, f"missing field {key!r}")
         if not isinstance(obj[key], types) or isinstance(obj[key], bool) and types is int:
             raise DataFormatError(path, f"field {key!r} has the wrong type ({type(obj[key]).__name__})")
+
+
+def same_key(meta: dict[str, Any], key: dict[str, Any], fields: Sequence[str]) -> bool:
+    """Whether ``meta`` (a manifest's or state file's content) holds ``key``'s value for each of ``fields``."""
+    return all(meta.get(f) == key[f] for f in fields)
+
+
+def finish_store(out: Path, manifest: str, state: str, meta: dict[str, Any]) -> None:
+    """Mark an encoded store in ``out`` complete: write ``meta`` to ``manifest``, then drop ``state``."""
+    write_json(out / manifest, meta)
+    (out / state).unlink(missing_ok=True)

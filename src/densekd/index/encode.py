@@ -43,7 +43,9 @@ from tqdm.auto import tqdm
 
 from densekd.data.io import DataFormatError, require_file, write_json
 from densekd.data.types import Corpus, Passage
-from densekd.index._storage import load_ids, read_json_file, require_keys, save_ids, save_npy
+from densekd.index._storage import (
+    finish_store, load_ids, read_json_file, require_keys, same_key, save_ids, save_npy,
+)
 from densekd.index.faiss_index import FaissIndex
 
 __all__ = ["EmbeddingStore", "PassageEncoder", "corpus_digest", "encode_corpus"]
@@ -105,7 +107,7 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus | Sequence[Passage], o
     out = Path(out_dir)
     key = {"format": FORMAT, "fingerprint": fingerprint, "corpus_digest": corpus_digest(passages),
            "n": len(passages), "chunk_size": chunk_size}
-    if (out / MANIFEST).is_file() and _same_key(read_json_file(out / MANIFEST), key):
+    if (out / MANIFEST).is_file() and same_key(read_json_file(out / MANIFEST), key, KEY_FIELDS):
         return EmbeddingStore.load(out)
     _prepare(out, key)
     chunks, dim = [], None
@@ -122,13 +124,8 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus | Sequence[Passage], o
         chunks.append({"emb": emb_name, "ids": ids_name, "n": len(part)})
         bar.update(len(part))
     bar.close()
-    write_json(out / MANIFEST, {**key, "dim": dim, "chunks": chunks})
-    (out / STATE).unlink(missing_ok=True)
+    finish_store(out, MANIFEST, STATE, {**key, "dim": dim, "chunks": chunks})
     return EmbeddingStore.load(out)
-
-
-def _same_key(meta: dict[str, Any], key: dict[str, Any]) -> bool:
-    return all(meta.get(f) == key[f] for f in KEY_FIELDS)
 
 
 def _prepare(out: Path, key: dict[str, Any]) -> None:
@@ -141,7 +138,7 @@ def _prepare(out: Path, key: dict[str, Any]) -> None:
     state = out / STATE
     if state.is_file():
         try:
-            if _same_key(read_json_file(state), key):
+            if same_key(read_json_file(state), key, KEY_FIELDS):
                 return
         except DataFormatError:
             pass  # an unreadable state file is treated like a different key: start over

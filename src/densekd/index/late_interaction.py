@@ -36,7 +36,9 @@ from tqdm.auto import tqdm
 
 from densekd.data.io import DataFormatError, require_file, write_json
 from densekd.data.types import Corpus, Passage, Queries, Query, Run
-from densekd.index._storage import atomic_dir, load_ids, read_json_file, require_keys, save_ids, save_npy
+from densekd.index._storage import (
+    atomic_dir, finish_store, load_ids, read_json_file, require_keys, same_key, save_ids, save_npy,
+)
 from densekd.index.encode import corpus_digest
 
 __all__ = ["TokenEmbeddingStore", "TokenFaissIndex", "encode_corpus_tokens", "late_interaction_search",
@@ -118,10 +120,10 @@ def encode_corpus_tokens(encoder: Any, corpus: Corpus | Sequence[Passage], out_d
     out = Path(out_dir)
     key = {"format": FORMAT, "fingerprint": fingerprint, "corpus_digest": corpus_digest(passages),
            "n": len(passages), "chunk_size": chunk_size, "dtype": dtype}
-    if (out / MANIFEST).is_file() and _same_key(read_json_file(out / MANIFEST), key):
+    if (out / MANIFEST).is_file() and same_key(read_json_file(out / MANIFEST), key, KEY_FIELDS):
         return TokenEmbeddingStore.load(out)
     out.mkdir(parents=True, exist_ok=True)
-    if not ((out / STATE).is_file() and _same_key(read_json_file(out / STATE), key)):
+    if not ((out / STATE).is_file() and same_key(read_json_file(out / STATE), key, KEY_FIELDS)):
         # another key: nothing here may be reused, and no stale manifest may outlive its chunks
         (out / MANIFEST).unlink(missing_ok=True)
         for stale in out.glob("*_[0-9][0-9][0-9][0-9][0-9].npy"):
@@ -148,13 +150,8 @@ def encode_corpus_tokens(encoder: Any, corpus: Corpus | Sequence[Passage], out_d
         chunks.append({**names, "n": len(part)})
         bar.update(len(part))
     bar.close()
-    write_json(out / MANIFEST, {**key, "dim": dim, "chunks": chunks})
-    (out / STATE).unlink(missing_ok=True)
+    finish_store(out, MANIFEST, STATE, {**key, "dim": dim, "chunks": chunks})
     return TokenEmbeddingStore.load(out)
-
-
-def _same_key(meta: dict[str, Any], key: dict[str, Any]) -> bool:
-    return all(meta.get(f) == key[f] for f in KEY_FIELDS)
 
 
 class TokenEmbeddingStore:

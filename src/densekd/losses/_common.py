@@ -6,6 +6,8 @@ Shapes: ``B`` instances (queries), ``C`` candidates per instance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -92,6 +94,80 @@ def soft_cross_entropy_terms(
         log_p = log_p.masked_fill(~mask, 0.0)
         log_q = log_q.masked_fill(~mask, 0.0)
     return p, log_p, log_q
+
+
+def check_pair_shape(student: Tensor, teacher: Tensor, loss_name: str) -> None:
+    """Raise ``ValueError`` unless ``student`` and ``teacher`` are both ``[B, G]`` of the same shape.
+
+    Parameters
+    ----------
+    student, teacher
+        Raw scores given to a loss function.
+    loss_name
+        Named in the error message (e.g. ``"ScoreMSE"``).
+    """
+    if student.shape != teacher.shape or student.ndim != 2:
+        raise ValueError(
+            f"{loss_name} needs student and teacher scores of the same [B, G] shape, got student "
+            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
+        )
+
+
+def float_scores(student: Tensor, teacher: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Float32 student and detached float32 teacher scores, padded slots overwritten with 0.
+
+    Parameters
+    ----------
+    student, teacher
+        ``[B, G]`` raw scores.
+    mask
+        ``[B, G]`` bool, ``False`` = padded, or ``None``. Padded slots may hold anything (even
+        ``-inf``); they are set to 0 so that no inf/NaN reaches the value or the gradient.
+
+    Returns
+    -------
+    tuple[Tensor, Tensor]
+        ``(s, t)``, both ``[B, G]`` float32.
+    """
+    s, t = student.float(), teacher.detach().float()
+    if mask is not None:
+        s, t = s.masked_fill(~mask, 0.0), t.masked_fill(~mask, 0.0)
+    return s, t
+
+
+def teacher_ordered_pair_mean(
+    student: Tensor, teacher: Tensor, pair_loss: Callable[[Tensor], Tensor], mask: Tensor | None,
+    weights: Tensor | None,
+) -> Tensor:
+    """Mean of ``pair_loss(s_j - s_k)`` over the pairs the teacher orders ``t_j > t_k``, then over rows.
+
+    Shared by the pairwise losses (RankNet, max-margin ranking). Teacher ties give no pair; padded
+    candidates are in no pair; rows without a pair are dropped (zero weight).
+
+    Parameters
+    ----------
+    student, teacher
+        ``[B, G]`` raw scores of the same shape; the teacher is detached and only its order matters.
+    pair_loss
+        Elementwise map of the ``[B, G, G]`` student differences ``s_j - s_k`` to per-pair losses.
+    mask
+        ``[B, G]`` bool, ``False`` = padded, or ``None``.
+    weights
+        ``[B]`` non-negative instance weights or ``None``.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss.
+    """
+    s, t = float_scores(student, teacher, mask)
+    pairs = t[:, :, None] > t[:, None, :]  # [B, G, G]: candidate j should beat candidate k
+    if mask is not None:
+        pairs = pairs & mask[:, :, None] & mask[:, None, :]
+    per_pair = pair_loss(s[:, :, None] - s[:, None, :])
+    count = pairs.sum(dim=(1, 2))
+    per_row = (per_pair * pairs).sum(dim=(1, 2)) / count.clamp_min(1)
+    return weighted_mean(per_row, weights, count > 0)
 
 
 def check_teacher(teacher: Tensor | None, student: Tensor, loss_name: str) -> Tensor:

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densekd.losses._common import (
+    check_pair_shape,
     check_teacher,
     check_temperature,
     soft_cross_entropy_terms,
+    teacher_ordered_pair_mean,
     weighted_mean,
 )
 from densekd.losses.scores import ScoreBatch
@@ -98,22 +100,9 @@ def ranknet_loss(
     >>> round(loss.item(), 6) == round(math.log(1 + math.exp(1)), 6)
     True
     """
-    if student.shape != teacher.shape or student.ndim != 2:
-        raise ValueError(
-            f"RankNet needs student and teacher scores of the same [B, G] shape, got student "
-            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
-        )
-    s, t = student.float(), teacher.detach().float()
-    if mask is not None:
-        s, t = s.masked_fill(~mask, 0.0), t.masked_fill(~mask, 0.0)  # keep inf out of the gradient
-    pairs = t[:, :, None] > t[:, None, :]  # [B, G, G]: candidate j should beat candidate k
-    if mask is not None:
-        pairs = pairs & mask[:, :, None] & mask[:, None, :]
+    check_pair_shape(student, teacher, "RankNet")
     # softplus(-x) = log(1 + exp(-x)), computed without overflow
-    pair_loss = F.softplus(-sigma * (s[:, :, None] - s[:, None, :]))
-    count = pairs.sum(dim=(1, 2))
-    per_row = (pair_loss * pairs).sum(dim=(1, 2)) / count.clamp_min(1)
-    return weighted_mean(per_row, weights, count > 0)
+    return teacher_ordered_pair_mean(student, teacher, lambda diff: F.softplus(-sigma * diff), mask, weights)
 
 
 class ListNet(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from densekd.losses._common import check_teacher, weighted_mean
+from densekd.losses._common import check_pair_shape, check_teacher, float_scores, weighted_mean
 from densekd.losses.scores import ScoreBatch
 
 
@@ -48,17 +48,11 @@ def margin_mse_loss(
     >>> margin_mse_loss(torch.tensor([[3.0, 1.0]]), torch.tensor([[5.0, 2.0]])).item()
     1.0
     """
-    if student.shape != teacher.shape or student.ndim != 2:
-        raise ValueError(
-            f"MarginMSE needs student and teacher scores of the same [B, G] shape, got student "
-            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
-        )
+    check_pair_shape(student, teacher, "MarginMSE")
     if student.shape[1] < 2:
         raise ValueError(f"MarginMSE needs a positive and >= 1 negative per query, got G={student.shape[1]}")
-    s, t = student.float(), teacher.detach().float()
-    if mask is not None:
-        # padded slots may hold anything (even -inf); overwrite so no inf/NaN reaches the gradient
-        s, t = s.masked_fill(~mask, 0.0), t.masked_fill(~mask, 0.0)
+    # padded slots may hold anything (even -inf); they are overwritten so no inf/NaN reaches the gradient
+    s, t = float_scores(student, teacher, mask)
     sq = ((s[:, :1] - s[:, 1:]) - (t[:, :1] - t[:, 1:])) ** 2  # [B, G-1]
     if mask is None:
         return weighted_mean(sq.mean(dim=-1), weights)

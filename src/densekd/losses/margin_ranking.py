@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from densekd.losses._common import check_teacher, weighted_mean
+from densekd.losses._common import check_pair_shape, check_teacher, teacher_ordered_pair_mean
 from densekd.losses.scores import ScoreBatch
 
 
@@ -52,21 +52,8 @@ def margin_ranking_loss(
     >>> margin_ranking_loss(s, t).item()
     3.0
     """
-    if student.shape != teacher.shape or student.ndim != 2:
-        raise ValueError(
-            f"MarginRanking needs student and teacher scores of the same [B, G] shape, got student "
-            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
-        )
-    s, t = student.float(), teacher.detach().float()
-    if mask is not None:
-        s, t = s.masked_fill(~mask, 0.0), t.masked_fill(~mask, 0.0)  # keep inf out of the gradient
-    pairs = t[:, :, None] > t[:, None, :]  # [B, G, G]: candidate j should beat candidate k
-    if mask is not None:
-        pairs = pairs & mask[:, :, None] & mask[:, None, :]
-    hinge = torch.relu(margin - (s[:, :, None] - s[:, None, :]))
-    count = pairs.sum(dim=(1, 2))
-    per_row = (hinge * pairs).sum(dim=(1, 2)) / count.clamp_min(1)
-    return weighted_mean(per_row, weights, count > 0)
+    check_pair_shape(student, teacher, "MarginRanking")
+    return teacher_ordered_pair_mean(student, teacher, lambda diff: torch.relu(margin - diff), mask, weights)
 
 
 class MarginRanking(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from densekd.losses._common import check_teacher, weighted_mean
+from densekd.losses._common import check_pair_shape, check_teacher, float_scores, weighted_mean
 from densekd.losses.scores import ScoreBatch
 
 
@@ -39,15 +39,10 @@ def score_mse_loss(
     >>> score_mse_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 4.0]])).item()
     2.5
     """
-    if student.shape != teacher.shape or student.ndim != 2:
-        raise ValueError(
-            f"ScoreMSE needs student and teacher scores of the same [B, G] shape, got student "
-            f"{tuple(student.shape)} and teacher {tuple(teacher.shape)}"
-        )
-    s, t = student.float(), teacher.detach().float()
+    check_pair_shape(student, teacher, "ScoreMSE")
+    s, t = float_scores(student, teacher, mask)  # no inf from padded slots
     if mask is None:
         return weighted_mean(((s - t) ** 2).mean(dim=-1), weights)
-    s, t = s.masked_fill(~mask, 0.0), t.masked_fill(~mask, 0.0)  # no inf from padded slots
     count = mask.sum(dim=-1)
     per_row = ((s - t) ** 2).sum(dim=-1) / count.clamp_min(1)
     return weighted_mean(per_row, weights, count > 0)

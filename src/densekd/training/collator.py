@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from densekd.encoders.tokenize import tokenize_texts
+
 TokenizeFn = Callable[[list[str]], Any]
 
 
@@ -48,9 +50,7 @@ class TextTokenizer:
     prefix: str = ""
 
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        texts = [self.prefix + t for t in texts] if self.prefix else list(texts)
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt"))
+        return tokenize_texts(self.tokenizer, texts, self.prefix, self.max_length)
 
 
 def repeat_mask(pids: Sequence[Sequence[str]]) -> torch.Tensor:

@@ -18,7 +18,6 @@ Data contract
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -29,11 +28,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments, set_seed
 
-from densekd.data.io import atomic_write
 from densekd.encoders.reader import FiDReader, PassageLike
+from densekd.training._saving import TRAINING_ARGS_JSON, save_pretrained_checkpoint  # noqa: F401 (re-exported)
 from densekd.training.callbacks import EpochSetterCallback
-
-TRAINING_ARGS_JSON = "training_args.json"
 
 
 class ReaderExample(NamedTuple):
@@ -181,15 +178,9 @@ class ReaderTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write a :meth:`FiDReader.save_pretrained` folder and ``training_args.json`` (no pickle)."""
-        if state_dict is not None:
-            raise NotImplementedError("ReaderTrainer saves through FiDReader.save_pretrained; sharded states "
-                                      "(DeepSpeed ZeRO-3, FSDP) are not supported: use DDP")
-        if not self.args.should_save:
-            return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
-        with atomic_write(os.path.join(output_dir, TRAINING_ARGS_JSON)) as f:
-            f.write(self.args.to_json_string())
+        save_pretrained_checkpoint(self, output_dir, state_dict,
+                                   "ReaderTrainer saves through FiDReader.save_pretrained; sharded states "
+                                   "(DeepSpeed ZeRO-3, FSDP) are not supported: use DDP")
 
 
 def train_reader(examples: Sequence[ReaderExample | tuple], config: ReaderConfig,

@@ -26,17 +26,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, set_seed
 
-from densekd.data.io import atomic_write
 from densekd.data.types import Corpus, Queries, TrainGroup
 from densekd.encoders.cross_encoder import CrossEncoder
+from densekd.training._saving import TRAINING_ARGS_JSON, save_pretrained_checkpoint  # noqa: F401 (re-exported)
 from densekd.training.callbacks import EpochSetterCallback
 from densekd.training.collator import repeat_mask
 from densekd.training.dataset import TrainGroupDataset
 from densekd.training.teacher_config import TeacherConfig
 
 logger = logging.getLogger(__name__)
-
-TRAINING_ARGS_JSON = "training_args.json"
 
 
 # ----------------------------------------------------------------------------------------- losses
@@ -185,15 +183,9 @@ class CrossEncoderTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write a :meth:`CrossEncoder.save_pretrained` folder and ``training_args.json`` (no pickle)."""
-        if state_dict is not None:
-            raise NotImplementedError("CrossEncoderTrainer saves through CrossEncoder.save_pretrained; sharded "
-                                      "states (DeepSpeed ZeRO-3, FSDP) are not supported: use DDP")
-        if not self.args.should_save:
-            return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
-        with atomic_write(os.path.join(output_dir, TRAINING_ARGS_JSON)) as f:
-            f.write(self.args.to_json_string())
+        save_pretrained_checkpoint(self, output_dir, state_dict,
+                                   "CrossEncoderTrainer saves through CrossEncoder.save_pretrained; sharded "
+                                   "states (DeepSpeed ZeRO-3, FSDP) are not supported: use DDP")
 
 
 class EvalFnCallback(TrainerCallback):

@@ -62,15 +62,14 @@ import torch
 from torch import Tensor
 from transformers import Trainer
 
-from densekd.data.io import atomic_write
 from densekd.encoders.dense import CONFIG_NAME, DenseEncoder
 from densekd.losses import InBatchScores, ScoreBatch, WeightedSum, build_loss, global_in_batch, group_scores
 from densekd.losses.combine import TOTAL_KEY
+from densekd.training._saving import TRAINING_ARGS_JSON, save_pretrained_checkpoint  # noqa: F401 (re-exported)
 from densekd.training.callbacks import EpochSetterCallback
 from densekd.training.collator import DistillCollator
 from densekd.training.config import DistillConfig
 
-TRAINING_ARGS_JSON = "training_args.json"
 #: the head of a multi-head model that single-head losses (and the deployed retriever) score
 PRIMARY_HEAD = "dense"
 
@@ -287,16 +286,9 @@ class DistillTrainer(Trainer):
     # ------------------------------------------------------------------------------------- saving
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Write a :meth:`DenseEncoder.save_pretrained` folder and ``training_args.json``."""
-        if state_dict is not None:
-            raise NotImplementedError("DistillTrainer saves through DenseEncoder.save_pretrained; sharded "
-                                      "states (DeepSpeed ZeRO-3, FSDP, SageMaker MP) are not supported: use DDP")
-        if not self.args.should_save:
-            return
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        encoder = self.accelerator.unwrap_model(self.model)
-        encoder.save_pretrained(output_dir)
-        with atomic_write(os.path.join(output_dir, TRAINING_ARGS_JSON)) as f:
-            f.write(self.args.to_json_string())
+        save_pretrained_checkpoint(self, output_dir, state_dict,
+                                   "DistillTrainer saves through DenseEncoder.save_pretrained; sharded "
+                                   "states (DeepSpeed ZeRO-3, FSDP, SageMaker MP) are not supported: use DDP")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         """Restore encoder weights from a :meth:`_save` folder (strict: every parameter must match)."""
