@@ -79,10 +79,10 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(name: str, result: dict[str, Any], markdown_body: str) -> Path:
-    """Write ``<name>.json`` and ``<name>.md`` under ``bench/results`` (atomically)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_json(RESULTS / f"{name}.json", result)
+def write_results(name: str, result: dict[str, Any], markdown_body: str, results_dir: Path = RESULTS) -> Path:
+    """Write ``<name>.json`` and ``<name>.md`` under ``results_dir`` (default ``bench/results``; atomically)."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_json(results_dir / f"{name}.json", result)
     md = f"# {name}\n\n{provenance_markdown(result['provenance'])}\n{markdown_body}"
-    (RESULTS / f"{name}.md").write_text(md, encoding="utf-8")
-    return RESULTS / f"{name}.json"
+    (results_dir / f"{name}.md").write_text(md, encoding="utf-8")
+    return results_dir / f"{name}.json"
