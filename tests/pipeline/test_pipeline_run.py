@@ -113,3 +113,12 @@ def test_ernie_rejects_query_only(tmp_path, toy_beir_dir, tiny_bert_path, capsys
     cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"cross_encoder": 1.0})
     assert main(["run", str(cfg), "--set", "student.architecture=ernie"]) == 2
     assert "train_mode=full" in capsys.readouterr().err
+
+
+def test_train_teacher_stage_reports_the_teachers_dev_rerank(tmp_path, toy_beir_dir, tiny_bert_path, capsys):
+    cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, "full", {"cross_encoder": 1.0})
+    assert main(["train-teacher", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "cross-encoder rerank" in out and "bm25" in out
+    assert any((tmp_path / "cache" / "teacher_dev").glob("*/rerank.trec"))
+    assert not (tmp_path / "cache" / "annotations").exists()

@@ -136,8 +136,12 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     if until == "mine":
         return {"steps": ctx.timings}
     scorer = steps.teacher(ctx, groups, mined_key)
+    # the teacher's own dev quality comes first: distillation figures only count if it beats BM25
+    teacher_dev = steps.teacher_dev_run(ctx, scorer, eval_run, bm25_key)
     if until == "teacher":
-        return {"steps": ctx.timings}
+        ce_only = steps.teacher_dev_metrics(ctx, teacher_dev, eval_run, None, None, {"cross_encoder": 1.0})
+        return {"steps": ctx.timings, "rows": {"bm25": evaluate(eval_run, ctx.eval_qrels, steps.METRICS),
+                                               "cross-encoder rerank": ce_only["fused"]}}
     scored = steps.annotate_groups(ctx, groups, mined_key, scorer)
     if cfg.student.dark_examples.enabled:
         scored = steps.dark_examples(ctx, groups, scored, mined_key, scorer)
@@ -151,8 +155,7 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     if until == "student":
         return {"steps": ctx.timings, "student": student_summary}
 
-    teacher_rows = steps.teacher_dev_metrics(ctx, steps.teacher_dev_run(ctx, scorer, eval_run, bm25_key), eval_run,
-                                             base_encoder, zero_shot_store)
+    teacher_rows = steps.teacher_dev_metrics(ctx, teacher_dev, eval_run, base_encoder, zero_shot_store)
     start = time.perf_counter()
     rows = {"bm25": evaluate(eval_run, ctx.eval_qrels, steps.METRICS)}
     rows["zero-shot dense"] = evaluate(steps.dense_run(base_encoder, zero_shot_store, ctx), ctx.eval_qrels,

@@ -296,14 +296,17 @@ def fuse_groups(ctx: Context, groups: list[TrainGroup], train_run: Run, base_enc
     return fused
 
 
-def teacher_dev_metrics(ctx: Context, ce_run: Run, eval_run: Run, base_encoder: Any, store: Any) -> dict[str, dict]:
+def teacher_dev_metrics(ctx: Context, ce_run: Run, eval_run: Run, base_encoder: Any, store: Any,
+                        weights: dict[str, float] | None = None) -> dict[str, dict]:
     """Dev metrics of the teacher reranking BM25's top ``rerank_depth`` (cross-encoder alone and fused).
 
     Below the reranked depth BM25's order is kept, so recall@100 stays comparable with BM25's.
+    ``weights`` defaults to the configured fusion; ``base_encoder``/``store`` are only needed when it
+    uses the dense signal.
     """
     from densekd.teachers.fusion import fuse_candidates
 
-    weights = ctx.cfg.teacher.fusion
+    weights = ctx.cfg.teacher.fusion if weights is None else weights
     cands = {qid: list(ce_run[qid]) for qid in ce_run}
     dense = dense_signal(base_encoder, store, _texts(ctx, ce_run), cands) if weights.get("dense", 0) > 0 else {}
 

@@ -58,11 +58,12 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides, PipelineConfig)
     result = run_pipeline(cfg, until=args.stage)
-    if args.stage is None:
+    if "rows" in result:
         from densekd.pipeline.report import metrics_table
         from densekd.pipeline.steps import METRICS
 
         print(metrics_table(result["rows"], METRICS))
+    if args.stage is None:
         print(f"report: {cfg.output_dir}/report.md")
     return 0
 
