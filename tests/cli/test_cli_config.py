@@ -109,3 +109,17 @@ def test_argparse_bridge(tmp_path: Path) -> None:
     assert config_from_args(parser.parse_args(["--config", str(path)]), Cfg).k == 5
     help_text = parser.format_help()
     assert "--data DATA" in help_text and "input file (required)" in help_text and "cutoff (default: 10)" in help_text
+
+
+def test_float_field_accepts_exponent_without_a_dot():
+    from dataclasses import dataclass
+
+    from densekd.cli.config import load_config
+
+    @dataclass
+    class Cfg:
+        lr: float = 0.1
+
+    assert load_config(None, ["lr=1e-4"], Cfg).lr == 1e-4
+    with pytest.raises(DataFormatError, match="must be float"):
+        load_config(None, ["lr=fast"], Cfg)

@@ -102,6 +102,12 @@ def _coerce(value: Any, tp: Any, key: str, src: _Source, raw: Any = _NO_RAW) -> 
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads exponent numbers without a dot ("1e-4") as strings; users mean a float
+            try:
+                return float(value)
+            except ValueError:
+                pass
     got = "null" if value is None else type(value).__name__
     raise src.error(f"key {key!r} must be {_type_name(tp)}, got {got} {value!r}")
 
