@@ -76,13 +76,40 @@ def test_adam_run_end_to_end_then_fully_cached(tmp_path, toy_beir_dir, tiny_bert
     assert second["rows"] == first["rows"]
 
 
+def test_adam_query_only_reads_dark_examples_from_frozen_vectors(tmp_path, toy_beir_dir, tiny_bert_path):
+    """query_only + dark examples: the frozen tower encodes the dark texts once (cached next to the corpus
+    vectors), training finds every candidate in the table, and the passage tower stays as it was."""
+    import numpy as np
+
+    from densekd.encoders.dense import DenseEncoder
+
+    cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, train_mode="query_only", **ADAM)
+    assert main(["run", str(cfg)]) == 0
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    (ids_file,) = cache.glob("extra_embeddings/*/ids.json")
+    ids = json.loads(ids_file.read_text())
+    assert ids and all(pid.startswith("dark:") for pid in ids)
+    vectors = np.load(ids_file.parent / "vectors.npy")
+    # the cached dark vectors are the base model's passage vectors of the dark texts
+    (dark_file,) = cache.glob("dark/*/scores.jsonl")
+    texts = {pid: t for g in load_annotations(dark_file)[1] for pid, t in (g.extra_passages or {}).items()}
+    base = DenseEncoder.from_pretrained(tiny_bert_path, passage_max_length=32)
+    expected = base.encode_passages([texts[pid] for pid in ids], batch_size=4, show_progress=False)
+    np.testing.assert_allclose(vectors, expected, atol=1e-5)
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["student"]["steps"] == 4 and not first["steps"]["encode:extra"]["cached"]
+    assert main(["run", str(cfg)]) == 0
+    second = json.loads((out / "metrics.json").read_text())
+    assert second["steps"]["encode:extra"]["cached"] and second["rows"] == first["rows"]
+
+
 def test_adam_sections_are_off_by_default_and_keep_old_student_keys():
     student = StudentSection()
     assert not student.dark_examples.enabled and not student.self_paced.enabled
     settings = _student_settings(student)
     names = {f.name for f in dataclasses.fields(StudentSection)}
     # the default dense architecture is left out of the key too (it predates the ERNIE option)
-    assert set(settings) == names - {"dark_examples", "self_paced", "architecture", "colbert_dim"}
+    assert set(settings) == names - {"dark_examples", "self_paced", "architecture", "colbert_dim", "save_steps"}
     on = dataclasses.replace(student, self_paced=SelfPacedSection(enabled=True))
     assert "self_paced" in _student_settings(on)
     ernie = _student_settings(dataclasses.replace(student, architecture="ernie"))
@@ -92,14 +119,13 @@ def test_adam_sections_are_off_by_default_and_keep_old_student_keys():
 @pytest.mark.parametrize("section,library", [(DarkExamplesSection, DarkExampleConfig),
                                              (SelfPacedSection, SelfPacedConfig)])
 def test_pipeline_sections_mirror_the_library_configs(section, library):
-    ours = {f.name: f.default for f in dataclasses.fields(section) if f.name != "enabled"}
+    ours = {f.name: f.default for f in dataclasses.fields(section) if f.name not in ("enabled", "in_every_group")}
     theirs = {f.name: f.default for f in dataclasses.fields(library)}
     assert ours == theirs
     assert section(enabled=True).to_config() == library()
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["student.dark_examples.enabled=true", "student.train_mode=query_only"], "train_mode"),
     (["student.dark_examples.enabled=true", "teacher.fusion={cross_encoder: 1.0, bm25: 0.5}"], "bm25"),
     (["student.dark_examples.enabled=true", "student.dark_examples.mix_fraction=1.5"], "mix_fraction"),
     (["student.self_paced.enabled=true", "student.self_paced.schedule=cosine"], "schedule"),

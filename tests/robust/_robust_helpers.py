@@ -1,6 +1,6 @@
 """Deterministic, optionally slow fakes for the kill -9 tests, and the subprocess entry point.
 
-Run as ``python _robust_helpers.py {encode|annotate|mine} ARGS...`` the module performs one
+Run as ``python _robust_helpers.py {encode|annotate|mine|train} ARGS...`` the module performs one
 resumable job with a sleep per unit of work, so the parent test can SIGKILL it mid-way.
 """
 
@@ -95,6 +95,23 @@ def run_mine_slowly(config: str) -> int:
     return main(["mine", config])
 
 
+def run_stage_slowly(stage: str, config: str, delay: float) -> int:
+    """``densekd STAGE CONFIG`` with a ``delay`` s sleep before every optimizer step (teacher and student
+    training): slow enough to be killed after a checkpoint, with the same arithmetic as a normal run."""
+    from transformers import Trainer
+
+    from densekd.cli.main import main
+
+    step = Trainer.training_step
+
+    def slow_step(self, *args, **kwargs):
+        time.sleep(delay)
+        return step(self, *args, **kwargs)
+
+    Trainer.training_step = slow_step
+    return main([stage, config])
+
+
 if __name__ == "__main__":
     job, *rest = sys.argv[1:]
     if job == "encode":
@@ -103,5 +120,7 @@ if __name__ == "__main__":
         run_annotate(Path(rest[0]), Path(rest[1]), float(rest[2]))
     elif job == "mine":
         sys.exit(run_mine_slowly(rest[0]))
+    elif job == "train":
+        sys.exit(run_stage_slowly(rest[0], rest[1], float(rest[2])))
     else:
         raise SystemExit(f"unknown job {job!r}")

@@ -93,3 +93,25 @@ def test_bad_ids_fail_at_construction(group, match):
 def test_bad_arguments(kw):
     with pytest.raises(ValueError):
         TrainGroupDataset([], {}, {}, **kw)
+
+
+def test_extra_per_group_lists_every_dark_example_next_to_sampled_negatives():
+    from densekd.training.dataset import sample_group_ids
+
+    extra = {"x1": "dark one", "x2": "dark two"}
+    g = TrainGroup("q", ["p"], ["n1", "x1", "n2", "n3", "x2", "n4"], None, extra)
+    for epoch in range(4):
+        ids = sample_group_ids(g, 3, seed=5, epoch=epoch, idx=0, extra_per_group=2)
+        assert len(ids) == 5 and ids[0] == "p"
+        assert all(n.startswith("n") for n in ids[1:3])   # hard negatives only from the mined pool
+        assert ids[3:] == ["x1", "x2"]                     # every dark example, stored order
+        # the mined part is what the same group without dark examples would draw
+        plain = TrainGroup("q", ["p"], ["n1", "n2", "n3", "n4"])
+        assert ids[:3] == sample_group_ids(plain, 3, seed=5, epoch=epoch, idx=0)
+    # fewer dark examples than slots: padded by repeats (masked by the collator); none: repeat the last id
+    short = TrainGroup("q", ["p"], ["n1", "x1"], None, {"x1": "t"})
+    assert sample_group_ids(short, 2, 0, 0, 0, extra_per_group=3) == ["p", "n1", "x1", "x1", "x1"]
+    bare = TrainGroup("q", ["p"], ["n1"], None, {})
+    assert sample_group_ids(bare, 2, 0, 0, 0, extra_per_group=2) == ["p", "n1", "n1", "n1"]
+    # default: dark examples are ordinary members of the negative pool
+    assert len(sample_group_ids(g, 3, seed=5, epoch=0, idx=0)) == 3

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from densekd.index.bm25 import BM25Index
 from densekd.index.dense_search import default_fingerprint, dense_search
-from densekd.index.encode import EmbeddingStore, PassageEncoder, corpus_digest, encode_corpus
+from densekd.index.encode import EmbeddingStore, PassageEncoder, corpus_digest, encode_corpus, finalize_encoding
 from densekd.index.faiss_index import FaissIndex
 from densekd.index.hybrid import FUSION_METHODS, fuse
 
@@ -21,5 +21,6 @@ __all__ = [
     "default_fingerprint",
     "dense_search",
     "encode_corpus",
+    "finalize_encoding",
     "fuse",
 ]

@@ -22,6 +22,19 @@ Cache key
 length, ...); ``corpus_digest`` hashes every passage id and text. When ``manifest.json`` carries the
 same key, :func:`encode_corpus` encodes nothing and just loads the store.
 
+Sharding
+--------
+With ``num_shards=N, shard_index=k`` a process encodes only chunks ``i % N == k`` into the same
+folder; chunk files are disjoint, so shards never write the same file. The cache key does not
+include ``N``: any mix of shard counts, resumes and single runs yields the same files.
+``manifest.json`` is written only once every chunk exists, by :func:`finalize_encoding`, which checks
+each chunk's ids against the corpus order (and is idempotent); the result is byte-for-byte the
+one-process encoding. Who finalizes: under torchrun (both ``None``; a gloo group is started when
+none exists) rank 0 resets a stale folder before the others start and finalizes after a barrier;
+independent processes (explicit ``N``, ``k``) each try after their own chunks, and the hard-linked
+manifest makes exactly one of them the finisher. Independent shards must share one cache key; if
+they start together on a folder of another key, reset races are possible: use a fresh folder.
+
 Memory
 ------
 :meth:`EmbeddingStore.iter_chunks` yields read-only memory maps (``np.load(mmap_mode="r")``): the
@@ -34,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,11 +58,12 @@ from tqdm.auto import tqdm
 from densekd.data.io import DataFormatError, require_file, write_json
 from densekd.data.types import Corpus, Passage
 from densekd.index._storage import (
-    finish_store, load_ids, read_json_file, require_keys, same_key, save_ids, save_npy,
+    load_ids, read_json_file, require_keys, same_key, save_ids, save_npy,
 )
 from densekd.index.faiss_index import FaissIndex
+from densekd.index.shards import ShardSpec, finalize_encoding, publish_manifest, resolve_shards, shard_group
 
-__all__ = ["EmbeddingStore", "PassageEncoder", "corpus_digest", "encode_corpus"]
+__all__ = ["EmbeddingStore", "PassageEncoder", "corpus_digest", "encode_corpus", "finalize_encoding"]
 
 FORMAT = "densekd.embeddings/1"
 MANIFEST = "manifest.json"
@@ -77,7 +92,8 @@ def _chunk_names(i: int) -> tuple[str, str]:
 
 def encode_corpus(encoder: PassageEncoder, corpus: Corpus | Sequence[Passage], out_dir: str | os.PathLike,
                   batch_size: int = 64, chunk_size: int = 4096, show_progress: bool = True,
-                  fingerprint: str = "") -> EmbeddingStore:
+                  fingerprint: str = "", num_shards: int | None = 1,
+                  shard_index: int | None = 0) -> EmbeddingStore | None:
     """Encode ``corpus`` into ``out_dir`` (format in the module docstring) and return the store.
 
     Parameters
@@ -96,58 +112,124 @@ def encode_corpus(encoder: PassageEncoder, corpus: Corpus | Sequence[Passage], o
         Show a progress bar over passages.
     fingerprint
         Describes the model and settings; a different value re-encodes everything.
+    num_shards, shard_index
+        Encode only chunks ``i`` with ``i % num_shards == shard_index`` (see "Sharding" in the
+        module docstring). Both ``None``: taken from torchrun / ``torch.distributed``
+        (:func:`~densekd.index.shards.resolve_shards`). The default is one shard on purpose: code
+        that happens to run under torchrun (e.g. an evaluation on rank 0 only) must not start
+        waiting for ranks that never call this function.
+
+    Returns
+    -------
+    EmbeddingStore or None
+        The store; with several shards only in the process that finished the folder (rank 0 under
+        a process group; otherwise the shard that wrote ``manifest.json``, or shard 0 when the folder
+        was already complete), ``None`` in the others.
     """
-    passages = list(corpus.values()) if isinstance(corpus, Mapping) else list(corpus)
-    if not passages:
-        raise ValueError("cannot encode an empty corpus")
+    passages = _passages(corpus)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if len({p.id for p in passages}) != len(passages):
-        raise ValueError("duplicate passage ids in the corpus")
+    spec = resolve_shards(num_shards, shard_index)
     out = Path(out_dir)
     key = {"format": FORMAT, "fingerprint": fingerprint, "corpus_digest": corpus_digest(passages),
            "n": len(passages), "chunk_size": chunk_size}
-    if (out / MANIFEST).is_file() and same_key(read_json_file(out / MANIFEST), key, KEY_FIELDS):
-        return EmbeddingStore.load(out)
-    _prepare(out, key)
-    chunks, dim = [], None
-    bar = tqdm(total=len(passages), desc="encode corpus", unit="psg", disable=not show_progress)
-    for i, start in enumerate(range(0, len(passages), chunk_size)):
-        part = passages[start:start + chunk_size]
-        emb = _existing_chunk(out, i, [p.id for p in part])
-        if emb is None:
-            emb = _encode_chunk(encoder, part, batch_size, out, i)
-        if dim is not None and emb.shape[1] != dim:
-            raise ValueError(f"chunk {i}: embedding width {emb.shape[1]} differs from earlier chunks ({dim})")
-        dim = emb.shape[1]
-        emb_name, ids_name = _chunk_names(i)
-        chunks.append({"emb": emb_name, "ids": ids_name, "n": len(part)})
-        bar.update(len(part))
-    bar.close()
-    finish_store(out, MANIFEST, STATE, {**key, "dim": dim, "chunks": chunks})
-    return EmbeddingStore.load(out)
+    leader = spec.index == 0
+    with shard_group(spec) as sync:
+        if _complete(out, key):
+            return EmbeddingStore.load(out) if leader else None
+        # Under a process group the leader resets a stale folder before any other rank looks at it.
+        done = sync.step(lambda: _prepare(out, key, spec) if leader else False)
+        if not leader:
+            done = _prepare(out, key, spec)
+        if done:  # another process finished the folder meanwhile
+            return EmbeddingStore.load(out) if leader else None
+        sync.step(lambda: _encode_shard(encoder, passages, out, chunk_size, batch_size, spec, show_progress))
+        if spec.grouped and not leader:
+            return None  # the step above was the barrier: rank 0 now finds every chunk and finishes
+        sole = spec.num_shards == 1 or spec.grouped
+        # Independent shards: whoever finds every chunk present finalizes; of several finishing at
+        # once exactly one publishes the manifest and gets the store.
+        published = publish_manifest(out, passages, key["corpus_digest"], wait=not sole)
+        return EmbeddingStore.load(out) if published or sole else None
 
 
-def _prepare(out: Path, key: dict[str, Any]) -> None:
-    """Make ``out`` ready for (re)encoding under ``key``: keep chunks only when resuming that key."""
+def _passages(corpus: Corpus | Sequence[Passage]) -> list[Passage]:
+    passages = list(corpus.values()) if isinstance(corpus, Mapping) else list(corpus)
+    if not passages:
+        raise ValueError("cannot encode an empty corpus")
+    if len({p.id for p in passages}) != len(passages):
+        raise ValueError("duplicate passage ids in the corpus")
+    return passages
+
+
+def _complete(out: Path, key: dict[str, Any]) -> bool:
+    """Whether ``out`` holds a finished encoding under ``key``."""
+    return (out / MANIFEST).is_file() and same_key(read_json_file(out / MANIFEST), key, KEY_FIELDS)
+
+
+def _encode_shard(encoder: PassageEncoder, passages: list[Passage], out: Path, chunk_size: int, batch_size: int,
+                  spec: ShardSpec, show_progress: bool) -> None:
+    """Encode the chunks of ``spec`` that an earlier run of the same key has not left complete."""
+    own = [i for i in range(_num_chunks(len(passages), chunk_size)) if spec.owns(i)]
+    total = sum(len(passages[i * chunk_size:(i + 1) * chunk_size]) for i in own)
+    desc = "encode corpus" if spec.num_shards == 1 else f"encode corpus (shard {spec.index}/{spec.num_shards})"
+    with tqdm(total=total, desc=desc, unit="psg", disable=not show_progress) as bar:
+        for i in own:
+            part = passages[i * chunk_size:(i + 1) * chunk_size]
+            if _existing_chunk(out, i, [p.id for p in part]) is None:
+                _encode_chunk(encoder, part, batch_size, out, i)
+            bar.update(len(part))
+
+
+def _num_chunks(n: int, chunk_size: int) -> int:
+    return -(-n // chunk_size)
+
+
+def _prepare(out: Path, key: dict[str, Any], spec: ShardSpec) -> bool:
+    """Make ``out`` ready for (re)encoding under ``key``: keep chunks only when resuming that key.
+
+    Returns ``True`` when another process completed the folder under ``key`` meanwhile.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    # Temporary files of a killed writer (atomic_path names them ".<target>.*.tmp").
-    for prefix in (".emb_", ".ids_", f".{MANIFEST}.", f".{STATE}."):
-        for leftover in out.glob(f"{prefix}*.tmp"):
-            leftover.unlink()
+    _clear_temporaries(out, spec)
     state = out / STATE
     if state.is_file():
         try:
             if same_key(read_json_file(state), key, KEY_FIELDS):
-                return
+                return False
         except DataFormatError:
             pass  # an unreadable state file is treated like a different key: start over
+    # A finishing shard writes the manifest before it deletes the state file, so a state file found
+    # missing here may mean "finished just now" rather than "never started".
+    if _complete(out, key):
+        return True
     # The old manifest goes first: if we die while chunks are replaced, no stale manifest may claim
     # the folder is complete.
     (out / MANIFEST).unlink(missing_ok=True)
     for stale in [*out.glob("emb_*.npy"), *out.glob("ids_*.npy")]:
-        stale.unlink()
+        stale.unlink(missing_ok=True)  # an independent shard may be resetting the same folder
     write_json(state, key)
+    return False
+
+
+_CHUNK_TMP = re.compile(r"\.(?:emb|ids)_(\d+)\.npy\..*\.tmp")
+
+
+def _clear_temporaries(out: Path, spec: ShardSpec) -> None:
+    """Delete temporary files that a killed writer left (atomic_path names them ".<target>.*.tmp").
+
+    Running alone (one shard, or the leader of a group before the others start) clears them all;
+    an independent shard only those of its own chunks, because another shard may be writing its own
+    right now.
+    """
+    alone = spec.num_shards == 1 or (spec.grouped and spec.index == 0)
+    for leftover in out.glob(".*.tmp"):
+        match = _CHUNK_TMP.fullmatch(leftover.name)
+        if match is not None and (alone or spec.owns(int(match.group(1)))):
+            leftover.unlink(missing_ok=True)
+        # "..manifest.json.*": write_json's own temporary inside publish_once's temporary file
+        elif alone and leftover.name.startswith((f".{MANIFEST}.", f"..{MANIFEST}.", f".{STATE}.")):
+            leftover.unlink(missing_ok=True)
 
 
 def _existing_chunk(out: Path, i: int, ids: list[str]) -> np.ndarray | None:

@@ -142,7 +142,7 @@ class FaissIndex:
         self._id_set |= fresh
 
     def search_arrays(self, q: np.ndarray, k: int = 100, nprobe: int | None = None,
-                      ef_search: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
+                      ef_search: int | None = None, k_factor: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
         """Search queries ``q[Nq, D]`` (float32).
 
         Returns
@@ -157,7 +157,7 @@ class FaissIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         k = min(k, len(self))
-        with self._search_params(nprobe, ef_search):
+        with self._search_params(nprobe, ef_search, k_factor):
             if k == 0:
                 return np.zeros((q.shape[0], 0), dtype=np.float32), [[] for _ in range(q.shape[0])]
             dist, pos = self.index.search(q, k)
@@ -167,7 +167,7 @@ class FaissIndex:
         return scores, ids
 
     def search(self, q: np.ndarray, qids: Sequence[str], k: int = 100, nprobe: int | None = None,
-               ef_search: int | None = None, show_progress: bool = False) -> Run:
+               ef_search: int | None = None, show_progress: bool = False, k_factor: int | None = None) -> Run:
         """Search queries ``q[Nq, D]`` and return a :data:`Run` keyed by ``qids`` (length ``Nq``).
 
         Parameters
@@ -176,6 +176,9 @@ class FaissIndex:
             IVF lists visited per query (``None`` keeps the index's value; faiss defaults to 1).
         ef_search
             HNSW search breadth (``None`` keeps the index's value; faiss defaults to 16).
+        k_factor
+            Refining indexes (factory ending in ``,RFlat`` / ``,Refine(...)``): the coarse index
+            returns ``k * k_factor`` candidates that are rescored exactly (faiss defaults to 1).
         """
         if len(qids) != len(q):
             raise ValueError(f"{len(qids)} qids for {len(q)} query vectors")
@@ -183,20 +186,24 @@ class FaissIndex:
         starts = range(0, len(q), SEARCH_BLOCK)
         for start in tqdm(starts, desc="faiss search", disable=not show_progress or len(starts) < 2):
             block_ids = qids[start:start + SEARCH_BLOCK]
-            scores, hits = self.search_arrays(q[start:start + SEARCH_BLOCK], k, nprobe, ef_search)
+            scores, hits = self.search_arrays(q[start:start + SEARCH_BLOCK], k, nprobe, ef_search, k_factor)
             for qid, row, pids in zip(block_ids, scores, hits):
                 run[str(qid)] = {pid: float(s) for pid, s in zip(pids, row)}
         return run
 
     @contextlib.contextmanager
-    def _search_params(self, nprobe: int | None, ef_search: int | None) -> Iterator[None]:
-        """Temporarily set ``nprobe`` / ``efSearch``, restoring them so a search has no side effect."""
+    def _search_params(self, nprobe: int | None, ef_search: int | None,
+                       k_factor: int | None = None) -> Iterator[None]:
+        """Temporarily set ``nprobe`` / ``efSearch`` / ``k_factor``, restoring them so a search has no
+        side effect."""
         saved: list[tuple[object, str, int]] = []
         try:
             if nprobe is not None:
                 saved.append(self._set(self._ivf(), "nprobe", nprobe))
             if ef_search is not None:
                 saved.append(self._set(self._hnsw(), "efSearch", ef_search))
+            if k_factor is not None:
+                saved.append(self._set(self._refine(), "k_factor", k_factor))
             yield
         finally:
             for obj, name, value in saved:
@@ -215,6 +222,12 @@ class FaissIndex:
             return faiss.extract_index_ivf(self.index)
         except RuntimeError:
             raise ValueError(f"nprobe applies to IVF indexes, not {self.factory!r}") from None
+
+    def _refine(self) -> object:
+        index = faiss.downcast_index(self.index)
+        if not isinstance(index, faiss.IndexRefine):
+            raise ValueError(f"k_factor applies to refining indexes (',RFlat'), not {self.factory!r}")
+        return index
 
     def _hnsw(self) -> object:
         index = faiss.downcast_index(self.index)

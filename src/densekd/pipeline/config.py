@@ -78,6 +78,10 @@ class TeacherSection:
         The teacher signal: weights of per-query z-normalised scores of ``cross_encoder``, ``bm25``
         and ``dense`` (the zero-shot student) summed into one logit per candidate
         (:mod:`densekd.teachers.fusion`). ``{cross_encoder: 1.0}`` = the cross-encoder alone.
+    save_steps
+        Write a resumable checkpoint every N optimizer steps (``0`` = none): a killed teacher training
+        resumes from the last one when the same command is rerun, and ends with the same weights.
+        Not part of the cache key (it does not change the trained model).
     """
 
     path: str | None = None
@@ -94,19 +98,25 @@ class TeacherSection:
     rerank_depth: int = 30
     score_batch_size: int = 64
     fusion: dict[str, float] = field(default_factory=lambda: {"cross_encoder": 1.0})
+    save_steps: int = 50
 
 
 @dataclass
 class DarkExamplesSection:
     """ADAM dark examples added to every training group and scored by the teacher (default off).
 
-    The fields other than ``enabled`` are those of :class:`densekd.mining.dark_examples.DarkExampleConfig`
-    (see it for the full documentation); the defaults are the same.
+    The fields other than ``enabled`` and ``in_every_group`` are those of
+    :class:`densekd.mining.dark_examples.DarkExampleConfig` (see it for the full documentation); the
+    defaults are the same.
 
     Attributes
     ----------
     enabled
         Build dark examples (``false`` = plain mined groups).
+    in_every_group
+        ``true``: every training item lists all its dark examples *next to* its ``group_size - 1``
+        sampled hard negatives (the ADAM candidate list {positive, hard negatives, dark examples});
+        ``false``: dark examples join the negative pool and are sampled like mined negatives.
     n_mixup, n_masked
         Mix-up (hard negative + positive spans) and masked-positive examples per query.
     mix_fraction, mix_mode, span_length
@@ -121,6 +131,7 @@ class DarkExamplesSection:
     """
 
     enabled: bool = False
+    in_every_group: bool = True
     n_mixup: int = 2
     n_masked: int = 2
     mix_fraction: float = 0.3
@@ -139,7 +150,16 @@ class DarkExamplesSection:
         """The :class:`~densekd.mining.dark_examples.DarkExampleConfig` of these settings."""
         from densekd.mining.dark_examples import DarkExampleConfig
 
-        return DarkExampleConfig(**{k: v for k, v in self.__dict__.items() if k != "enabled"})
+        return DarkExampleConfig(**{k: v for k, v in self.__dict__.items() if k not in SECTION_ONLY})
+
+    @property
+    def extra_per_group(self) -> int:
+        """Dark examples appended to every training item (``TrainGroupDataset(extra_per_group=...)``)."""
+        return self.n_mixup + self.n_masked if self.enabled and self.in_every_group else 0
+
+
+#: DarkExamplesSection fields that steer the pipeline, not the generator
+SECTION_ONLY = ("enabled", "in_every_group")
 
 
 @dataclass
@@ -210,7 +230,10 @@ class StudentSection:
     architecture
         ``"dense"`` (a :class:`~densekd.encoders.dense.DenseEncoder`) or ``"ernie"`` (ERNIE-Search: one
         shared tower with a dense and a ColBERT head, :class:`~densekd.encoders.ernie.ErnieSearchModel`;
-        use the ``ernie`` loss). Either way the dense head is what gets indexed and evaluated.
+        use the ``ernie`` loss). Either way the dense head is what gets indexed and evaluated. With
+        ``train_mode: query_only`` an ERNIE student reads the frozen passage side's token states from a
+        cache (:func:`densekd.pipeline.steps.passage_token_states`) and trains the query side and the
+        ColBERT projection.
     colbert_dim
         Size of the ColBERT token projection (``architecture: ernie`` only).
     dark_examples
@@ -218,6 +241,10 @@ class StudentSection:
         teacher in the annotate step; full ``train_mode`` and a cross-encoder-only teacher signal only.
     self_paced
         ADAM self-paced distillation (:class:`SelfPacedSection`; off by default).
+    save_steps
+        Write a resumable checkpoint every N optimizer steps (``0`` = none): a killed distillation
+        resumes from the last one when the same command is rerun, and ends with the same weights.
+        Not part of the cache key (it does not change the trained model).
     """
 
     model: str | None = None
@@ -238,6 +265,7 @@ class StudentSection:
     colbert_dim: int = 128
     dark_examples: DarkExamplesSection = field(default_factory=DarkExamplesSection)
     self_paced: SelfPacedSection = field(default_factory=SelfPacedSection)
+    save_steps: int = 50
 
 
 @dataclass
@@ -269,13 +297,13 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.student.architecture not in ("dense", "ernie"):
             raise ValueError(f"student.architecture must be 'dense' or 'ernie', got {self.student.architecture!r}")
-        if self.student.architecture == "ernie" and self.student.train_mode != "full":
-            raise ValueError("student.architecture=ernie trains the shared tower: it needs student.train_mode=full")
+        if (self.student.architecture == "ernie" and self.student.train_mode == "query_only"
+                and self.student.dark_examples.enabled):
+            raise ValueError("student.architecture=ernie with train_mode=query_only reads passage token states from "
+                             "the corpus cache, which has no dark examples: use train_mode=full")
         if self.student.dark_examples.enabled:
             # dark examples exist only in the training groups: no BM25 score, no cached corpus vector
-            if self.student.train_mode != "full":
-                raise ValueError("student.dark_examples needs student.train_mode=full (query_only reads passage "
-                                 "vectors from the corpus cache, which has no dark examples)")
+            # (query_only encodes them once with the frozen passage tower: steps.query_only_table)
             other = sorted(k for k, w in self.teacher.fusion.items() if w > 0 and k != "cross_encoder")
             if other:
                 raise ValueError(f"student.dark_examples needs a cross-encoder-only teacher signal; the fusion also "

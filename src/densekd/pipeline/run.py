@@ -12,6 +12,17 @@ configuration only re-writes the report. Outputs in ``output_dir``:
 * ``student/log_history.json``: the HF Trainer log (loss, components, dev metrics)
 * ``metrics.json``: every system's dev metrics, step timings and cache reuse
 * ``report.md`` with ``training.png`` and ``teacher_scores.png``
+* ``checkpoints/student/<key>/checkpoint-N/``: only while the student training is unfinished
+
+Killed training resumes: the teacher and the student write a checkpoint every ``save_steps`` optimizer
+steps (``teacher.save_steps``, ``student.save_steps``; ``0`` = none) *outside* their step folder,
+in ``cache_dir/checkpoints/teacher/<key>/`` and ``output_dir/checkpoints/student/<key>/``, because an
+unfinished step folder (no ``DONE.json``) is wiped and recomputed. Rerunning the same command after a
+kill -9 resumes from the newest complete checkpoint of the same cache key (logged as ``resuming
+training from checkpoint-N``; the summary records ``resumed_from``) and ends with the same weights as
+an uninterrupted run: the HF Trainer restores optimizer, scheduler and RNG states (dropout) and skips
+the batches already seen, and negatives are sampled per (seed, epoch, index). ``save_steps`` is not
+part of the cache key; the checkpoints are deleted once the step is complete.
 """
 
 from __future__ import annotations
@@ -33,7 +44,13 @@ from densekd.pipeline.config import PipelineConfig
 
 
 def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> tuple[Path, dict[str, Any]]:
-    """Distil the teacher's scores into the dual-encoder student (cached on its inputs' key)."""
+    """Distil the teacher's scores into the dual-encoder student (cached on its inputs' key).
+
+    Checkpoints every ``student.save_steps`` go to ``output_dir/checkpoints/student/<key>/``; a rerun
+    with the same key resumes from the newest one (module docstring).
+    """
+    import shutil
+
     from densekd.training.callbacks import RetrievalEvalCallback
     from densekd.training.config import DistillConfig
     from densekd.training.dataset import TrainGroupDataset
@@ -43,15 +60,21 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
     settings = _student_settings(s)
     key = cache_key("student-v1", settings, [g.to_json() for g in groups])
     folder = ctx.out / "student"
+    checkpoints = steps.checkpoint_folder(ctx.out, "student", key)
 
     def compute(out: Path) -> dict[str, Any]:
+        for stale in checkpoints.parent.glob("*"):  # one student per output_dir: other settings' leftovers
+            if stale != checkpoints:
+                shutil.rmtree(stale, ignore_errors=True)
         args = DistillConfig(
-            output_dir=str(out / "checkpoints"), per_device_train_batch_size=s.batch_size,
+            per_device_train_batch_size=s.batch_size,
             num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,  # warmup_steps < 1 is a ratio
             warmup_steps=s.warmup_ratio, seed=s.seed, group_size=s.group_size, loss=s.loss,
-            train_mode=s.train_mode, save_strategy="no", logging_steps=s.logging_steps, lr_scheduler_type="linear")
+            train_mode=s.train_mode, logging_steps=s.logging_steps, lr_scheduler_type="linear",
+            **steps.training_args(s.save_steps, checkpoints))
         encoder = _build_student(s)
-        dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=s.group_size, seed=s.seed)
+        dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=s.group_size, seed=s.seed,
+                                    extra_per_group=s.dark_examples.extra_per_group)
         callbacks = []
         if s.self_paced.enabled:
             from densekd.training.self_paced import SelfPacedDataset, SelfPacedLogCallback, SelfPacedSelector
@@ -63,18 +86,22 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
                                                    every_n_steps=s.eval_steps, passage_embeddings=store
                                                    if s.train_mode == "query_only" else None))
         trainer = DistillTrainer(model=encoder, args=args, train_dataset=dataset, callbacks=callbacks,
-                                 passage_embeddings=store if s.train_mode == "query_only" else None)
+                                 passage_embeddings=_passage_table(ctx, s, store))
+        resume = steps.resume_checkpoint(checkpoints, "student")
         start = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
         seconds = time.perf_counter() - start
         encoder.save_pretrained(out / "model")
         write_json(out / "log_history.json", trainer.state.log_history)
-        n = trainer.state.global_step * s.batch_size
-        return {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
-                "queries_per_s": round(n / seconds, 2)}
+        done_before = int(Path(resume).name.rpartition("-")[2]) if resume else 0  # checkpoint-<global step>
+        n = (trainer.state.global_step - done_before) * s.batch_size  # this process's steps only
+        summary = {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
+                   "queries_per_s": round(n / seconds, 2)}
+        return {**summary, "resumed_from": Path(resume).name} if resume else summary
 
     start = time.perf_counter()
     summary, reused = cached_step(folder, compute, {"student": settings}, key=key)
+    steps.drop_checkpoints(checkpoints)  # the marker is written: they are no longer needed
     ctx.record("student", start, reused)
     return folder / "model", summary
 
@@ -92,10 +119,22 @@ def _build_student(s: Any) -> Any:
     return DenseEncoder.from_pretrained(s.model, **lengths)
 
 
+def _passage_table(ctx: steps.Context, s: Any, store: Any) -> Any:
+    """The frozen passage side a ``query_only`` student reads (``None`` in full mode): the cached passage
+    vectors ``store``, or for an ERNIE-Search student the start model's cached token states (its ColBERT
+    head needs passage tokens; their pooled vectors are the same as ``store``'s)."""
+    if s.train_mode != "query_only":
+        return None
+    if s.architecture == "ernie":
+        return steps.passage_token_states(ctx, s.model, s.passage_max_length, "student")
+    return store
+
+
 def _student_settings(s: Any) -> dict[str, Any]:
     """The student section as a dict, without the sections that are off or at their defaults: a run
     that does not use them keeps the cache key it had before they existed."""
     settings = asdict(s)
+    del settings["save_steps"]  # where training may resume from does not change the model
     for name in ("dark_examples", "self_paced"):
         if not settings[name]["enabled"]:
             del settings[name]
@@ -151,7 +190,10 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     base_encoder = DenseEncoder.from_pretrained(base, passage_max_length=cfg.student.passage_max_length)
     zero_shot_store = steps.corpus_embeddings(ctx, base, cfg.student.passage_max_length, "base")
     scored = steps.fuse_groups(ctx, scored, train_run, base_encoder, zero_shot_store)
-    model_dir, student_summary = train_student(ctx, scored, zero_shot_store)
+    store = zero_shot_store
+    if cfg.student.train_mode == "query_only":  # dark examples need frozen vectors too
+        store = steps.query_only_table(ctx, scored, zero_shot_store, base, cfg.student.passage_max_length)
+    model_dir, student_summary = train_student(ctx, scored, store)
     if until == "student":
         return {"steps": ctx.timings, "student": student_summary}
 

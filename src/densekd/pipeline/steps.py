@@ -9,22 +9,33 @@ Cache layout (``cfg.cache_dir``), one folder per step output, keyed by what it d
 * ``dark/<key>/scores.jsonl``: ADAM dark examples (texts in ``extra_passages``) with their teacher
   logits (resumable; key: mined key + teacher + dark-example settings + tokenizer)
 * ``embeddings/<key>/``: chunked corpus embeddings of a model (resumable; key: model + data + length)
+* ``token_states/<key>/``: a frozen model's passage token states and pooled vectors, for ``query_only``
+  ERNIE-Search students (key: model + data + length + dtype)
+* ``checkpoints/teacher/<key>/checkpoint-N/``: resumable checkpoints of an unfinished teacher
+  training (``teacher.save_steps``); deleted once ``teacher/<key>/`` is complete
 
 Student outputs live in ``cfg.output_dir`` (they are what a run is for); the student folder is reused
 when its ``DONE.json`` records the same key.
+
+Resuming a killed training: the step folders are wiped when unfinished (a half-written output is never
+taken as complete), so training checkpoints live *next to* them, in a folder named by the same cache key
+(:func:`checkpoint_folder`). A rerun with the same key resumes from the newest complete checkpoint
+(:func:`resume_checkpoint`); the HF Trainer restores optimizer, scheduler, RNG states and the data
+position, so the result equals an uninterrupted run. ``save_steps`` is not in the key.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from densekd.data.beir import load_corpus, load_qrels, load_queries
-from densekd.data.io import write_jsonl
+from densekd.data.io import DataFormatError, write_json, write_jsonl
 from densekd.data.trec import load_run, write_run
 from densekd.data.types import Corpus, Qrels, Queries, Run, TrainGroup
 from densekd.eval.metrics import evaluate
@@ -122,6 +133,57 @@ def mine(ctx: Context, train_run: Run, bm25_key: str) -> tuple[list[TrainGroup],
         return [TrainGroup.from_json(json.loads(line)) for line in f], key
 
 
+def checkpoint_folder(root: Path, step: str, key: str) -> Path:
+    """Where the training ``step`` with cache key ``key`` writes its checkpoints: ``root/checkpoints/step/key``.
+
+    Outside the step's own folder, which :func:`~densekd.pipeline.cache.cached_step` wipes while it is
+    unfinished; keyed like it, so only a rerun of the very same training resumes from them.
+    """
+    return root / "checkpoints" / step / key
+
+
+def resume_checkpoint(folder: Path, step: str) -> str | None:
+    """The newest complete HF ``checkpoint-N`` in ``folder`` (``None``: train from scratch).
+
+    A checkpoint is complete once its ``trainer_state.json`` (written last by the Trainer) parses; an
+    incomplete one (killed while saving) is deleted so the Trainer's rotation never keeps it.
+    """
+    complete: list[tuple[int, Path]] = []
+    for ckpt in sorted(folder.glob("checkpoint-*")) if folder.is_dir() else []:
+        number = ckpt.name.rpartition("-")[2]
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("%s: discarding incomplete checkpoint %s", step, ckpt.name)
+            shutil.rmtree(ckpt, ignore_errors=True)
+            continue
+        if number.isdigit():
+            complete.append((int(number), ckpt))
+    if not complete:
+        return None
+    latest = max(complete)[1]
+    log.info("%s: resuming training from %s", step, latest.name)
+    return str(latest)
+
+
+def training_args(save_steps: int, checkpoints: Path) -> dict[str, Any]:
+    """``TrainingArguments`` fields of a pipeline training: checkpoints every ``save_steps`` (0 = none)."""
+    if save_steps > 0:
+        return {"output_dir": str(checkpoints), "save_strategy": "steps", "save_steps": save_steps,
+                "save_total_limit": 1}
+    return {"output_dir": str(checkpoints), "save_strategy": "no"}
+
+
+def drop_checkpoints(folder: Path) -> None:
+    """Delete a finished training's checkpoint folder and its parents left empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (other trainings' checkpoints) or already gone
+            break
+
+
 TEACHER_TRAINING_FIELDS = ("model", "epochs", "max_steps", "learning_rate", "warmup_ratio", "batch_size",
                            "group_size", "max_length", "loss", "seed")
 
@@ -135,21 +197,27 @@ def teacher(ctx: Context, groups: list[TrainGroup], mined_key: str) -> Any:
     t = ctx.cfg.teacher
     if t.path:
         return CrossEncoderTeacher.from_pretrained(t.path, max_length=t.max_length)
-    settings = {name: getattr(t, name) for name in TEACHER_TRAINING_FIELDS}
-    folder = ctx.cache / "teacher" / cache_key("teacher-v1", mined_key, settings)
+    settings = {name: getattr(t, name) for name in TEACHER_TRAINING_FIELDS}  # save_steps: not in the key
+    key = cache_key("teacher-v1", mined_key, settings)
+    folder = ctx.cache / "teacher" / key
+    checkpoints = checkpoint_folder(ctx.cache, "teacher", key)
 
     def compute(out: Path) -> dict[str, Any]:
         args = TeacherConfig(
-            output_dir=str(out / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
+            num_train_epochs=t.epochs, max_steps=t.max_steps,
             learning_rate=t.learning_rate, warmup_steps=t.warmup_ratio,  # warmup_steps < 1 is a ratio
             per_device_train_batch_size=t.batch_size, group_size=t.group_size, max_length=t.max_length,
-            loss=t.loss, seed=t.seed, save_strategy="no", lr_scheduler_type="linear")
+            loss=t.loss, seed=t.seed, lr_scheduler_type="linear", **training_args(t.save_steps, checkpoints))
         start = time.perf_counter()
-        train_cross_encoder(groups, ctx.queries, ctx.corpus, args, model_path=t.model).save_pretrained(out)
-        return {"train_seconds": round(time.perf_counter() - start, 1), "groups": len(groups)}
+        resume = resume_checkpoint(checkpoints, "teacher")
+        train_cross_encoder(groups, ctx.queries, ctx.corpus, args, model_path=t.model,
+                            resume_from_checkpoint=resume).save_pretrained(out)
+        summary = {"train_seconds": round(time.perf_counter() - start, 1), "groups": len(groups)}
+        return {**summary, "resumed_from": Path(resume).name} if resume else summary
 
     start = time.perf_counter()
     _, reused = cached_step(folder, compute, {"teacher": settings})
+    drop_checkpoints(checkpoints)  # the marker is written: they are no longer needed
     ctx.record("teacher", start, reused)
     return CrossEncoderTeacher.from_pretrained(folder, max_length=t.max_length)
 
@@ -252,6 +320,72 @@ def corpus_embeddings(ctx: Context, model_path: str | None, max_length: int, tag
                           fingerprint=fingerprint)
     ctx.record(f"encode:{tag}", start, reused)
     return store
+
+
+def query_only_table(ctx: Context, groups: list[TrainGroup], store: Any, model_path: str | None,
+                     max_length: int) -> Any:
+    """The frozen passage vectors a ``query_only`` student reads: the corpus store plus the groups'
+    extra passages (ADAM dark examples), encoded once by the same frozen model and cached.
+
+    Returns ``store`` itself when no group has extra passages, else a
+    :class:`~densekd.training.trainer.PassageEmbeddingTable` over ``[corpus rows; extra rows]``.
+    """
+    import numpy as np
+
+    from densekd.encoders.dense import DenseEncoder, resolve_model_path
+    from densekd.training.trainer import PassageEmbeddingTable
+
+    extra = {pid: text for g in groups for pid, text in (g.extra_passages or {}).items()}
+    if not extra:
+        return store
+    ids = sorted(extra)
+    key = cache_key("extra-vectors-v1", store.fingerprint, max_length, [[i, extra[i]] for i in ids])
+    folder = ctx.cache / "extra_embeddings" / key
+
+    def compute(out: Path) -> dict[str, Any]:
+        encoder = DenseEncoder.from_pretrained(resolve_model_path(model_path), passage_max_length=max_length)
+        vectors = encoder.encode_passages([extra[i] for i in ids], batch_size=ctx.cfg.encode_batch_size,
+                                          show_progress=True)
+        np.save(out / "vectors.npy", np.asarray(vectors, dtype=np.float32))
+        write_json(out / "ids.json", ids)
+        return {"n": len(ids)}
+
+    start = time.perf_counter()
+    _, reused = cached_step(folder, compute, {"model": str(model_path), "max_length": max_length})
+    ctx.record("encode:extra", start, reused)
+    vectors = np.load(folder / "vectors.npy")  # plain float array: allow_pickle stays off
+    if vectors.shape != (len(ids), store.dim):
+        raise DataFormatError(folder / "vectors.npy", f"shape {vectors.shape}, expected ({len(ids)}, {store.dim})")
+    rows = {pid: i for i, pid in enumerate(store.ids)}
+    rows.update({pid: len(store.ids) + i for i, pid in enumerate(ids)})
+    return PassageEmbeddingTable(rows, np.concatenate([np.asarray(store.embeddings, dtype=np.float32), vectors]))
+
+
+def passage_token_states(ctx: Context, model_path: str | None, max_length: int, tag: str,
+                         dtype: str = "float16") -> Any:
+    """Frozen passage token states of a model for ``query_only`` ERNIE-Search students (cached).
+
+    Returns a :class:`~densekd.index.token_states.PassageTokenStates` over the corpus: last-layer
+    hidden states (``dtype``, ragged, memory-mapped), token ids and pooled vectors of one pass of the
+    model's passage tower, in ``<cache>/token_states/<key>/`` (key: model + data + max length + dtype,
+    as :func:`corpus_embeddings`). SciFact at length 256 takes ~5 min on 2 CPU cores once, ~0.9 GB.
+    """
+    from densekd.encoders.dense import DenseEncoder, resolve_model_path
+    from densekd.index.token_states import encode_token_states
+    from densekd.teachers.base import fingerprint_file
+
+    path = Path(resolve_model_path(model_path))
+    weights = path / "model.safetensors"
+    model_id = fingerprint_file(weights) if weights.is_file() else str(path)
+    fingerprint = cache_key("token-states-v1", model_id, max_length, ctx.data_key, dtype)
+    folder = ctx.cache / "token_states" / fingerprint
+    start = time.perf_counter()
+    reused = (folder / "manifest.json").is_file()
+    encoder = DenseEncoder.from_pretrained(path, passage_max_length=max_length)
+    states = encode_token_states(encoder, ctx.corpus, folder, batch_size=ctx.cfg.encode_batch_size, dtype=dtype,
+                                 fingerprint=fingerprint)
+    ctx.record(f"token-states:{tag}", start, reused)
+    return states
 
 
 def dense_run(encoder: Any, store: Any, ctx: Context) -> Run:

@@ -28,6 +28,10 @@ worker and process and in any access order, so resuming and DDP sharding see ide
   there are none). Repeats are exact duplicate ids; :class:`~densekd.training.collator.DistillCollator`
   masks every repeated id out of the losses, so padding changes no loss value, it only keeps the
   ``[B, G]`` layout rectangular.
+* ``extra_per_group = E > 0`` (ADAM: dark examples in every candidate list, *next to* the hard
+  negatives rather than instead of some): the group's extra-passage ids leave the negative pool, the
+  ``G - 1`` negatives are sampled from the rest as above, and the first ``E`` extra ids (stored order)
+  follow, padded by repeats when a group has fewer. Items then hold ``G + E`` ids.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ NEGATIVE_SAMPLING_MODES: tuple[str, ...] = ("random", "top")
 
 
 def sample_group_ids(group: TrainGroup, group_size: int, seed: int, epoch: int, idx: int,
-                     negative_sampling: str = "random") -> list[str]:
-    """The ``G`` candidate ids of one group: the positive, then ``G - 1`` negatives (module docstring).
+                     negative_sampling: str = "random", extra_per_group: int = 0) -> list[str]:
+    """The ``G`` candidate ids of one group: the positive, then ``G - 1`` negatives (module docstring),
+    then, with ``extra_per_group = E > 0``, ``E`` of the group's extra-passage ids (``G + E`` in all).
 
     Parameters
     ----------
@@ -57,11 +62,13 @@ def sample_group_ids(group: TrainGroup, group_size: int, seed: int, epoch: int, 
         Non-negative integers; the result is a pure function of them (and the group).
     negative_sampling
         ``"random"`` or ``"top"``.
+    extra_per_group
+        ``E >= 0``: extra passages (dark examples) appended to every list instead of sampled.
 
     Returns
     -------
     list[str]
-        ``G`` ids, positive first; may contain repeats when the group is short.
+        ``G + E`` ids, positive first; may contain repeats when the group is short.
 
     Examples
     --------
@@ -71,14 +78,26 @@ def sample_group_ids(group: TrainGroup, group_size: int, seed: int, epoch: int, 
     >>> sample_group_ids(TrainGroup("q", ["p"], ["n1"]), 4, 0, 0, 0)
     ['p', 'n1', 'n1', 'n1']
     """
+    negatives, tail = group.neg_ids, []
+    if extra_per_group > 0:
+        extra = group.extra_passages or {}
+        negatives = [n for n in group.neg_ids if n not in extra]
+        tail = [n for n in group.neg_ids if n in extra][:extra_per_group]
+    head = _sample_corpus_ids(group.pos_ids, negatives, group_size, seed, epoch, idx, negative_sampling)
+    if extra_per_group > 0:
+        pad = tail or head[-1:]  # repeats are masked out of the losses by the collator
+        tail = [pad[k % len(pad)] for k in range(extra_per_group)]
+    return head + tail
+
+
+def _sample_corpus_ids(positives: list[str], negatives: list[str], group_size: int, seed: int, epoch: int,
+                       idx: int, negative_sampling: str) -> list[str]:
     # one generator per (seed, idx): the shuffles are fixed for an item, the epoch only moves windows
     rng = np.random.default_rng([seed, idx])
-    positives = group.pos_ids
     positive = positives[int(rng.permutation(len(positives))[epoch % len(positives)])]
     n_neg = group_size - 1
     if n_neg == 0:
         return [positive]
-    negatives = group.neg_ids
     if not negatives:
         return [positive] * group_size  # all padding: masked out by the collator
     if negative_sampling == "random":
@@ -107,6 +126,8 @@ class TrainGroupDataset(Dataset):
         Non-negative sampling seed (use the trainer's ``args.seed``).
     negative_sampling
         ``"random"`` or ``"top"`` (module docstring).
+    extra_per_group
+        ``E >= 0`` extra passages (dark examples) appended to every item (module docstring).
     check_ids
         Verify at construction that every id resolves, so a bad file fails before training starts
         rather than mid-epoch (dictionary look-ups only; no text is copied).
@@ -120,9 +141,12 @@ class TrainGroupDataset(Dataset):
     """
 
     def __init__(self, groups: Sequence[TrainGroup], queries: Mapping[str, Query], corpus: Mapping[str, Passage],
-                 group_size: int = 8, seed: int = 42, negative_sampling: str = "random", check_ids: bool = True):
+                 group_size: int = 8, seed: int = 42, negative_sampling: str = "random", check_ids: bool = True,
+                 extra_per_group: int = 0):
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
+        if not isinstance(extra_per_group, int) or extra_per_group < 0:
+            raise ValueError(f"extra_per_group must be an integer >= 0, got {extra_per_group!r}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
         if negative_sampling not in NEGATIVE_SAMPLING_MODES:
@@ -133,6 +157,7 @@ class TrainGroupDataset(Dataset):
         self.group_size = group_size
         self.seed = seed
         self.negative_sampling = negative_sampling
+        self.extra_per_group = extra_per_group
         self.epoch = 0
         if check_ids:
             self._check_ids()
@@ -166,9 +191,10 @@ class TrainGroupDataset(Dataset):
         return len(self.groups)
 
     def sample_ids(self, idx: int, epoch: int | None = None) -> list[str]:
-        """The ``G`` candidate ids of item ``idx`` at ``epoch`` (default: the current epoch)."""
+        """The ``G (+ E)`` candidate ids of item ``idx`` at ``epoch`` (default: the current epoch)."""
         epoch = self.epoch if epoch is None else epoch
-        return sample_group_ids(self.groups[idx], self.group_size, self.seed, epoch, idx, self.negative_sampling)
+        return sample_group_ids(self.groups[idx], self.group_size, self.seed, epoch, idx, self.negative_sampling,
+                                self.extra_per_group)
 
     def passage_text(self, group: TrainGroup, pid: str) -> str:
         """Text the encoder sees for candidate ``pid`` of ``group`` (extra passages first)."""

@@ -208,7 +208,8 @@ class EvalFnCallback(TrainerCallback):
 
 def train_cross_encoder(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus, config: TeacherConfig,
                         model_path: str | os.PathLike | None = None,
-                        eval_fn: Callable[[CrossEncoder], dict[str, float]] | None = None) -> CrossEncoder:
+                        eval_fn: Callable[[CrossEncoder], dict[str, float]] | None = None,
+                        resume_from_checkpoint: str | os.PathLike | None = None) -> CrossEncoder:
     """Fine-tune a cross-encoder on training groups and return it (also saved to ``config.output_dir``).
 
     Parameters
@@ -225,6 +226,10 @@ def train_cross_encoder(groups: Sequence[TrainGroup], queries: Queries, corpus: 
     eval_fn
         Optional ``model -> {metric: value}`` run at every epoch end (e.g. re-rank a dev run with
         :func:`densekd.teachers.cross_encoder.rerank` and :func:`densekd.eval.metrics.evaluate`).
+    resume_from_checkpoint
+        A ``checkpoint-N`` folder of an interrupted run with the same ``config`` (``save_strategy``
+        ``"steps"``): weights, optimizer, scheduler, RNG states and data position are restored, so
+        the result equals an uninterrupted run.
 
     Returns
     -------
@@ -238,7 +243,7 @@ def train_cross_encoder(groups: Sequence[TrainGroup], queries: Queries, corpus: 
                                 negative_sampling=config.negative_sampling)
     callbacks = [EvalFnCallback(eval_fn)] if eval_fn is not None else None
     trainer = CrossEncoderTrainer(model, config, train_dataset=dataset, callbacks=callbacks)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None)
     trainer.save_model(config.output_dir)
     model.eval()
     return model
