@@ -53,6 +53,7 @@ from densekd.eval.metrics import evaluate  # noqa: E402
 from densekd.mining.dark_examples import DARK_PREFIX  # noqa: E402
 from densekd.pipeline import steps  # noqa: E402
 from densekd.pipeline.config import PipelineConfig  # noqa: E402
+from densekd.pipeline.report import teacher_score_histograms  # noqa: E402
 from densekd.pipeline.run import train_student  # noqa: E402
 
 NAME = "adam_scifact"
@@ -170,13 +171,7 @@ def plot(rows: dict[str, Any], dist: dict[str, list[float]], path: Path) -> None
     ax1.set_ylabel("nDCG@10 (SciFact dev, mean ± std over seeds)")
     ax1.set_title("ADAM ablation (query-side-only students)")
     ax1.tick_params(axis="x", rotation=20)
-    for label, vals in dist.items():
-        if vals:
-            ax2.hist(vals, bins=40, alpha=0.55, density=True, label=f"{label} (n={len(vals)})")
-    ax2.set_xlabel("teacher logit")
-    ax2.set_ylabel("density")
-    ax2.set_title("cross-encoder scores per candidate kind (training queries)")
-    ax2.legend(fontsize=8)
+    teacher_score_histograms(ax2, dist)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -18,6 +18,10 @@ Rows (SciFact dev, nDCG@10, MRR@10, R@100, MAP):
   size, steps, max lengths, learning rate, warm-up and seed; losses ``{"contrastive": {}}`` on the mined
   groups (no teacher), the config's ``kl`` entry alone (weight 1, no contrastive term), and
   ``{"margin_mse": {}}``. Each is evaluated with a full corpus encoding (``steps.corpus_embeddings``).
+* ``contrastive_query_only``, ``kl_kd_query_only``, ``margin_mse_kd_query_only``: the same three losses in
+  densekd's cheap ``query_only`` mode (passage tower frozen, the cached zero-shot corpus vectors serve
+  training and search; ``--query-only-epochs``, ``--query-only-lr``); sentence-transformers has no such
+  mode, so these rows have no ST peer.
 * ``st_kl_kd``, ``st_margin_mse_kd``: the same two distillations with sentence-transformers'
   ``SentenceTransformerTrainer`` and its ``DistillKLDivLoss`` / ``MarginMSELoss``. Their examples are
   drawn by densekd's ``TrainGroupDataset`` (same seed, same per-epoch negatives), so both libraries see
@@ -80,6 +84,8 @@ from densekd.pipeline.run import train_student  # noqa: E402
 NAME = "distill_scifact"
 ROW_ORDER = ["bm25", "zeroshot", "teacher_rerank", "contrastive", "kl_kd", "st_kl_kd", "margin_mse_kd",
              "st_margin_mse_kd"]
+#: densekd's cheap mode (no sentence-transformers counterpart): query tower trained, passage vectors frozen
+QUERY_ONLY_ROWS = ["contrastive_query_only", "kl_kd_query_only", "margin_mse_kd_query_only"]
 SMOKE_ROOT = Path(tempfile.gettempdir()) / "densekd-bench-smoke"
 SMOKE_SETTINGS = ["data.max_train_queries=8", "teacher.max_steps=2", "teacher.max_length=128",
                   "student.max_steps=2", "student.batch_size=4", "student.passage_max_length=128",
@@ -101,6 +107,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ce-pairs", type=int, default=512, help="pairs for the CE scoring throughput")
     ap.add_argument("--ce-chunk", type=int, default=128, help="pairs per interleaved CE timing chunk")
     ap.add_argument("--retrain", action="store_true", help="retrain densekd students even when cached")
+    ap.add_argument("--query-only-epochs", type=float, default=8.0,
+                    help="epochs of the query-side-only rows (0 = skip them)")
+    ap.add_argument("--query-only-lr", type=float, default=5e-5, help="learning rate of the query-side-only rows")
     ap.add_argument("--smoke", action="store_true", help="tiny settings, /tmp caches, bench/results/smoke/")
     ap.add_argument("--smoke-dev-queries", type=int, default=20)
     ap.add_argument("--smoke-extra-docs", type=int, default=200)
@@ -429,7 +438,7 @@ def markdown(result: dict[str, Any]) -> str:
     rows, wall, cmp, ce = result["rows"], result["wall"], result["comparison"], result["ce_scoring"]
     body = f"**WARNING: {result['warning']}**\n\n" if result.get("warning") else ""
     table = []
-    for name in ROW_ORDER:
+    for name in [n for n in ROW_ORDER + QUERY_ONLY_ROWS if n in rows]:
         w = wall.get(name, {})
         cached = w.get("cached")
         cached = ", ".join(k for k, v in cached.items() if v) if isinstance(cached, dict) else cached and "yes"
@@ -484,7 +493,7 @@ def loss_curves(histories: dict[str, list[dict]]) -> dict[str, list[list[float]]
 def plot(result: dict[str, Any], path: Path) -> None:
     """Quality bars per row, training-loss curves (densekd vs ST), training throughput bars."""
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
-    names = [n for n in ROW_ORDER if n in result["rows"]]
+    names = [n for n in ROW_ORDER + QUERY_ONLY_ROWS if n in result["rows"]]
     x = np.arange(len(names))
     for i, m in enumerate(("ndcg@10", "recall@100")):
         axes[0].bar(x + (i - 0.5) * 0.4, [result["rows"][n][m] for n in names], width=0.4, label=m)
@@ -532,6 +541,36 @@ def train_rows(p: Prepared, args: argparse.Namespace, kl: dict[str, Any], scale:
     return rows, wall, hist
 
 
+def query_only_rows(p: Prepared, args: argparse.Namespace, kl: dict[str, Any], scale: float
+                    ) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The three losses again in ``query_only`` mode (passage vectors = the cached zero-shot ones)."""
+    rows: dict[str, dict] = {}
+    wall: dict[str, dict] = {}
+    if not args.query_only_epochs:
+        return rows, wall
+    ctx = p.ctx
+    student = dataclasses.replace(ctx.cfg.student, train_mode="query_only", epochs=args.query_only_epochs,
+                                  learning_rate=args.query_only_lr)
+    qctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, student=student))
+    for name, loss, groups in (("contrastive_query_only", {"contrastive": {}}, p.groups),
+                               ("kl_kd_query_only", {"kl": {"weight": 1.0, **kl}}, p.scored),
+                               ("margin_mse_kd_query_only", {"margin_mse": {}}, scale_teacher(p.scored, scale))):
+        out = Path(ctx.cfg.output_dir) / name
+        if args.retrain and (out / "student").exists():
+            shutil.rmtree(out / "student")
+        rctx = row_context(qctx, out, loss)
+        model_dir, summary = train_student(rctx, groups, p.zero_shot_store)
+        rows[name] = evaluate(steps.dense_run(DenseEncoder.from_pretrained(model_dir), p.zero_shot_store, rctx),
+                              ctx.eval_qrels, steps.METRICS)
+        wall[name] = {"library": "densekd", "mode": "query_only", "loss": loss, "steps": summary["steps"],
+                      "train_seconds": summary["train_seconds"], "epochs": args.query_only_epochs,
+                      "learning_rate": args.query_only_lr,
+                      "train_instances_per_s": summary["steps"] * student.batch_size / summary["train_seconds"],
+                      "cached": {"train": ctx.timings["student"]["cached"]}}
+        print(f"[{name}] nDCG@10 {rows[name]['ndcg@10']:.3f} R@100 {rows[name]['recall@100']:.3f}")
+    return rows, wall
+
+
 def main() -> None:
     args = parse_args()
     cfg = build_config(args)
@@ -546,6 +585,9 @@ def main() -> None:
     trained_rows, trained_wall, histories = train_rows(p, args, kl, scale)
     rows.update(trained_rows)
     wall.update(trained_wall)
+    qo_rows, qo_wall = query_only_rows(p, args, kl, scale)
+    rows.update(qo_rows)
+    wall.update(qo_wall)
     ce = ce_throughput(p.scorer, ce_pairs(p, args.ce_pairs), cfg.teacher.score_batch_size, args.ce_chunk)
     cmp = comparisons(rows, wall)
     counts = rows["teacher_rerank"]["ndcg@10"] > rows["bm25"]["ndcg@10"]
@@ -554,7 +596,7 @@ def main() -> None:
                      "corpus_size": len(p.ctx.corpus), "train_groups": len(p.groups), "margin_scale": scale,
                      "kl_loss": {"kl": {"weight": 1.0, **kl}}, "student": dataclasses.asdict(cfg.student),
                      "pipeline_config": dataclasses.asdict(cfg)},
-        "rows": {n: rows[n] for n in ROW_ORDER}, "wall": wall, **extra,
+        "rows": {n: rows[n] for n in ROW_ORDER + QUERY_ONLY_ROWS if n in rows}, "wall": wall, **extra,
         "distillation_figures_count": counts,
         "train_throughput_ratio_vs_sentence_transformers": cmp["pooled_train_throughput_ratio"],
         "ce_scoring_ratio_vs_sentence_transformers": ce["ratio"],

@@ -1,6 +1,6 @@
 """Deterministic, optionally slow fakes for the kill -9 tests, and the subprocess entry point.
 
-Run as ``python _robust_helpers.py {encode|annotate|mine|train} ARGS...`` the module performs one
+Run as ``python _robust_helpers.py {encode|annotate|index|mine|train} ARGS...`` the module performs one
 resumable job with a sleep per unit of work, so the parent test can SIGKILL it mid-way.
 """
 
@@ -77,6 +77,24 @@ def run_annotate(beir: Path, out: Path, delay: float) -> FakeTeacher:
     return teacher
 
 
+def run_index(store_dir: Path, out: Path, delay: float) -> None:
+    """Build a Flat FAISS index from an encoded store chunk by chunk (``delay`` s per chunk) and save it.
+
+    Each added chunk touches ``<out>.added-<n>`` so the parent knows the build is under way."""
+    from densekd.index.encode import EmbeddingStore
+    from densekd.index.faiss_index import FaissIndex
+
+    add = FaissIndex.add
+
+    def slow_add(self, ids, x):
+        add(self, ids, x)
+        Path(f"{out}.added-{len(self)}").touch()
+        time.sleep(delay)
+
+    FaissIndex.add = slow_add
+    EmbeddingStore.load(store_dir).to_faiss("Flat", show_progress=False).save(out)
+
+
 def run_mine_slowly(config: str) -> int:
     """``densekd mine CONFIG`` whose groups.jsonl write is torn: first line, then a long sleep."""
     import densekd.pipeline.steps as steps
@@ -118,6 +136,8 @@ if __name__ == "__main__":
         run_encode(Path(rest[0]), Path(rest[1]), float(rest[2]))
     elif job == "annotate":
         run_annotate(Path(rest[0]), Path(rest[1]), float(rest[2]))
+    elif job == "index":
+        run_index(Path(rest[0]), Path(rest[1]), float(rest[2]))
     elif job == "mine":
         sys.exit(run_mine_slowly(rest[0]))
     elif job == "train":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from _robust_helpers import run_annotate, run_encode
+from _robust_helpers import run_annotate, run_encode, run_index
 from conftest import HERE
 from densekd.cli.main import main
 from densekd.pipeline.cache import MARKER
@@ -58,6 +58,23 @@ def test_encode_corpus_resumes_after_sigkill(tmp_path, toy_beir_dir):
     assert 0 < resumed.encoded < 8  # chunk 0 (at least) was reused, not re-encoded
     run_encode(toy_beir_dir, tmp_path / "clean", delay=0.0)
     assert _files(killed) == _files(tmp_path / "clean")  # manifest and every chunk byte-identical
+
+
+def test_index_build_killed_leaves_no_index_and_rerun_equals_clean_build(tmp_path, toy_beir_dir):
+    store = tmp_path / "store"
+    run_encode(toy_beir_dir, store, delay=0.0)  # 4 chunks of 2 passages
+    out = tmp_path / "index"
+    _kill_when(["index", str(store), str(out), "2.0"], lambda: Path(f"{out}.added-2").is_file())
+    # the index is saved only complete (built beside the target, renamed into place): nothing to mistake
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".index.")]  # nothing half-saved either
+
+    run_index(store, out, delay=0.0)
+    run_index(store, tmp_path / "clean", delay=0.0)
+    assert _files(out) == _files(tmp_path / "clean")
+    from densekd.index.faiss_index import FaissIndex
+
+    assert len(FaissIndex.load(out)) == 8
 
 
 def test_annotate_resumes_after_sigkill(tmp_path, toy_beir_dir):

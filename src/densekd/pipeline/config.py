@@ -283,18 +283,25 @@ class PipelineConfig:
         keyed by model, data and settings so other runs reuse them.
     encode_batch_size
         Passages per forward pass when encoding the corpus.
+    method
+        ``distill`` (this pipeline). ``densekd run`` reads a file saying ``method: fidkd`` with
+        :class:`~densekd.pipeline.fidkd_config.FidKDConfig` instead (:mod:`densekd.pipeline.methods`).
     """
 
     name: str = "densekd"
     output_dir: str = "runs/densekd"
     cache_dir: str = "cache"
     encode_batch_size: int = 32
+    method: str = "distill"
     data: DataSection = field(default_factory=DataSection)
     mining: MiningSection = field(default_factory=MiningSection)
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
 
     def __post_init__(self) -> None:
+        if self.method != "distill":
+            raise ValueError(f"method must be 'distill' for this schema, got {self.method!r} "
+                             "(densekd.pipeline.methods picks the schema of each method)")
         if self.student.architecture not in ("dense", "ernie"):
             raise ValueError(f"student.architecture must be 'dense' or 'ernie', got {self.student.architecture!r}")
         if (self.student.architecture == "ernie" and self.student.train_mode == "query_only"

@@ -49,12 +49,9 @@ def plot_training(log_history: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def plot_teacher_scores(groups: dict[str, list[float]], path: Path) -> bool:
-    """Histograms of teacher logits per candidate kind (e.g. ``positive``, ``negative``)."""
+def teacher_score_histograms(ax: Any, groups: dict[str, list[float]]) -> None:
+    """Draw density histograms of teacher logits per candidate kind on one matplotlib axis (shared bins)."""
     groups = {k: v for k, v in groups.items() if len(v)}
-    if not groups:
-        return False
-    fig, ax = plt.subplots(figsize=(6, 3.8))
     lo = min(min(v) for v in groups.values())
     hi = max(max(v) for v in groups.values())
     bins = np.linspace(lo, hi, 40)
@@ -64,6 +61,14 @@ def plot_teacher_scores(groups: dict[str, list[float]], path: Path) -> bool:
     ax.set_ylabel("density")
     ax.set_title("teacher scores on training candidates")
     ax.legend(fontsize=8)
+
+
+def plot_teacher_scores(groups: dict[str, list[float]], path: Path) -> bool:
+    """Histograms of teacher logits per candidate kind (e.g. ``positive``, ``negative``)."""
+    if not any(len(v) for v in groups.values()):
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    teacher_score_histograms(ax, groups)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from transformers import TrainingArguments
 
 NEGATIVE_SAMPLING_MODES: tuple[str, ...] = ("random", "top")
@@ -113,6 +114,8 @@ class DistillConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # pinned host memory only helps copies to an accelerator; on CPU torch warns on every epoch
+        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()
         self._validate()
 
     def _validate(self) -> None:

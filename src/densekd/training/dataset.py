@@ -204,9 +204,13 @@ class TrainGroupDataset(Dataset):
         return self.corpus[pid].full_text()
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
+        return self.item(idx)
+
+    def item(self, idx: int, epoch: int | None = None) -> dict[str, Any]:
+        """Item ``idx`` as drawn at ``epoch`` (default: the current one), without changing ``self.epoch``."""
         idx = range(len(self.groups))[int(idx)]  # bounds check + negative index -> the seed's position
         group = self.groups[idx]
-        pids = self.sample_ids(idx)
+        pids = self.sample_ids(idx, epoch)
         scores = group.teacher_scores
         return {
             "qid": group.qid,

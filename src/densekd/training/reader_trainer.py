@@ -18,6 +18,7 @@ Data contract
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -82,6 +83,8 @@ class ReaderConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # pinned host memory only helps copies to an accelerator; on CPU torch warns on every epoch
+        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: reader items are texts")
 
@@ -181,6 +184,25 @@ class ReaderTrainer(Trainer):
         save_pretrained_checkpoint(self, output_dir, state_dict,
                                    "ReaderTrainer saves through FiDReader.save_pretrained; sharded states "
                                    "(DeepSpeed ZeRO-3, FSDP) are not supported: use DDP")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        """Restore reader weights from a :meth:`_save` folder, strictly.
+
+        HF's own loader reads ``model.safetensors`` non-strictly into the wrapper; that file omits
+        tied weights (the LM head), so HF reports them missing and then fails on a ``PreTrainedModel``
+        attribute the wrapper lacks. Loading the folder as a reader and copying its full state dict
+        checks every parameter instead (as :class:`~densekd.training.trainer.DistillTrainer` does).
+        """
+        from densekd.encoders.reader import CONFIG_NAME
+
+        if not os.path.isfile(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
+            raise ValueError(f"{resume_from_checkpoint} is not a ReaderTrainer checkpoint (no {CONFIG_NAME})")
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        target.load_state_dict(FiDReader.from_pretrained(resume_from_checkpoint).state_dict(), strict=True)
+
+    def _load_best_model(self) -> None:
+        """``load_best_model_at_end`` through the same strict loader as resuming."""
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
 
 def train_reader(examples: Sequence[ReaderExample | tuple], config: ReaderConfig,

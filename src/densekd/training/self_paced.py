@@ -276,13 +276,7 @@ class SelfPacedDataset:
         k = len(self.slots)
         idx = int(self.slots[i % k])
         draw_epoch = int(self.previous_draws[idx]) + i // k
-        # TrainGroupDataset.__getitem__ at another epoch, without mutating the shared dataset
-        ds, group = self.dataset, self.dataset.groups[idx]
-        pids = ds.sample_ids(idx, epoch=draw_epoch)
-        scores = group.teacher_scores
-        return {"qid": group.qid, "query": ds.queries[group.qid].text, "pids": pids,
-                "passages": [ds.passage_text(group, pid) for pid in pids],
-                "teacher_scores": None if scores is None else [float(scores[pid]) for pid in pids]}
+        return self.dataset.item(idx, epoch=draw_epoch)  # the shared dataset's epoch stays as it is
 
 
 class SelfPacedLogCallback(TrainerCallback):

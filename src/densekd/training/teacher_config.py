@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from densekd.training.dataset import NEGATIVE_SAMPLING_MODES
@@ -87,6 +88,8 @@ class TeacherConfig(TrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # pinned host memory only helps copies to an accelerator; on CPU torch warns on every epoch
+        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()
         if self.loss not in TEACHER_LOSSES:
             raise ValueError(f"loss must be one of {TEACHER_LOSSES}, got {self.loss!r}")
         if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 2:

@@ -4,19 +4,25 @@ The stage commands ``densekd mine / train-teacher / annotate / train`` run the s
 and including their stage (upstream stages come from the cache when already done), so each step can
 be run and inspected on its own. All of them take the same YAML file
 (:class:`densekd.pipeline.config.PipelineConfig`) and ``--set section.key=value`` overrides.
+
+The file's top-level ``method`` key (or ``--set method=...``) picks the pipeline
+(:mod:`densekd.pipeline.methods`): ``distill`` (default, the above) or ``fidkd`` (reader -> retriever
+distillation, :class:`densekd.pipeline.fidkd_config.FidKDConfig`; ``densekd run`` only).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from densekd.cli.config import load_config, settings_help
+from densekd.cli.config import load_config, read_yaml, settings_help
+from densekd.data.io import DataFormatError
 
 EPILOG = """\
 examples:
   densekd run configs/scifact-quick.yaml                       # ~10 min on 2 CPU cores, cached on rerun
   densekd run configs/scifact-kd.yaml --set student.seed=7     # the full benchmark setting, another seed
   densekd train-teacher configs/scifact-kd.yaml                # stop after the teacher (and its rerank eval)
+  densekd run configs/squad-fidkd.yaml                         # method: fidkd, reader -> retriever loop
 
 outputs (in output_dir): student/model (the distilled encoder), metrics.json, report.md, *.png
 one-time costs (BM25 runs, teacher, teacher scores, corpus vectors) are cached in cache_dir.
@@ -36,10 +42,12 @@ STAGES = {
 def make_stage_parser(subparsers: argparse._SubParsersAction, name: str) -> argparse.ArgumentParser:
     """Register one pipeline command (``run`` or a stage)."""
     from densekd.pipeline.config import PipelineConfig
+    from densekd.pipeline.fidkd_config import FidKDConfig
 
     parser = subparsers.add_parser(name, help=STAGES[name][1], description=__doc__, epilog=EPILOG
-                                   + "  name, output_dir, cache_dir, encode_batch_size\n"
-                                   + settings_help(PipelineConfig),
+                                   + "  method (distill | fidkd), name, output_dir, cache_dir, encode_batch_size\n"
+                                   + settings_help(PipelineConfig)
+                                   + "\nsettings of method: fidkd (also iterations):\n" + settings_help(FidKDConfig),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", metavar="CONFIG.yaml", help="pipeline configuration file")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
@@ -48,21 +56,35 @@ def make_stage_parser(subparsers: argparse._SubParsersAction, name: str) -> argp
     return parser
 
 
+def config_method(path: str, overrides: list[str]) -> str:
+    """The ``method`` a config asks for: its ``--set method=...`` (last wins), else the file's, else the default."""
+    from densekd.pipeline.methods import DEFAULT_METHOD, METHODS
+
+    method = read_yaml(path).get("method", DEFAULT_METHOD)
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        if key.strip() == "method":
+            method = raw.strip()
+    if not isinstance(method, str) or method not in METHODS:
+        raise DataFormatError(path, f"key 'method' must be one of {', '.join(METHODS)}, got {method!r}")
+    return method
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run the pipeline (up to ``args.stage``) and print where the results are."""
+    """Run the pipeline of the config's method (up to ``args.stage``) and print where the results are."""
     import logging
 
-    from densekd.pipeline.config import PipelineConfig
-    from densekd.pipeline.run import run_pipeline
+    from densekd.pipeline import methods
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = load_config(args.config, args.overrides, PipelineConfig)
-    result = run_pipeline(cfg, until=args.stage)
-    if "rows" in result:
-        from densekd.pipeline.report import metrics_table
-        from densekd.pipeline.steps import METRICS
-
-        print(metrics_table(result["rows"], METRICS))
+    method = config_method(args.config, args.overrides)
+    if args.stage is not None and not methods.has_stages(method):
+        raise DataFormatError(args.config, f"method {method} has no stages: run it with `densekd run {args.config}`")
+    cfg = load_config(args.config, args.overrides, methods.schema(method))
+    result = methods.run(cfg, until=args.stage)
+    table = methods.summary(cfg, result)
+    if table:
+        print(table)
     if args.stage is None:
         print(f"report: {cfg.output_dir}/report.md")
     return 0

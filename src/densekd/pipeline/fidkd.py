@@ -1,0 +1,352 @@
+"""Reader -> retriever distillation (Izacard & Grave, 2021) as an iterative, cached pipeline.
+
+``densekd run configs/squad-fidkd.yaml`` (``method: fidkd``; settings in
+:mod:`densekd.pipeline.fidkd_config`)::
+
+    BM25 top-k -> [train FiD reader -> reader scores the k passages -> distil them into the dense
+                   retriever -> retrieve again with it] x iterations
+
+No passage labels are used anywhere: the reader learns from ``(question, retrieved passages,
+answers)``, the retriever from the reader's scores. The training questions are the queries with
+answers outside the evaluation split (:func:`~densekd.pipeline.qa_data.load_qa_context`); no training
+qrels file is read.
+
+Layout of ``output_dir`` (every folder is one :func:`~densekd.pipeline.cache.cached_step` whose
+``DONE.json`` records the step's content key; keys chain, so a changed setting recomputes exactly
+the steps downstream of it, and a rerun reuses everything):
+
+* ``iter_0/runs/``: BM25's ``train.trec`` (top ``k`` per training question), ``dev.trec`` (top ``eval_depth``).
+* ``iter_<n>/reader/``: ``model/`` (a :class:`~densekd.encoders.reader.FiDReader` trained on
+  ``iter_<n-1>/runs/train.trec``), ``log_history.json``.
+* ``iter_<n>/scores/groups.jsonl``: one :class:`~densekd.data.types.TrainGroup` per training question
+  holding its ``k`` passages and their raw reader scores (``teacher_scores``). ``pos_ids[0]`` is the
+  passage the *reader* scored highest (a label derived from the reader, never from qrels; the KL,
+  MSE and margin losses ignore which candidate is first), ``neg_ids`` the others in retrieval order.
+* ``iter_<n>/retriever/``: ``model/`` (the distilled :class:`~densekd.encoders.dense.DenseEncoder`), ``log_history.json``.
+* ``iter_<n>/runs/``: the new retriever's runs (FAISS over the corpus); iteration ``n + 1`` reads them.
+* ``iter_<n>/eval/predictions.jsonl``: per evaluation question the reader's answer from the new runs'
+  top ``k`` and the passage it scored highest (``DONE.json``: EM/F1, ``top_attention_has_answer``).
+* ``metrics.json``, ``report.md`` + PNGs; ``checkpoints/`` only while a step is unfinished (a rerun resumes).
+
+Metrics row ``n``: retriever ``n``'s answer recall@1/5/20; reader ``n`` (trained on retriever ``n-1``'s
+passages) answering from retriever ``n``'s top ``k`` (EM/F1, and whether its top-scored passage has an answer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from densekd.data.io import write_json, write_jsonl
+from densekd.data.trec import load_run, write_run
+from densekd.data.types import TrainGroup
+from densekd.eval.qa import answer_recall, has_answer, reader_metrics
+from densekd.pipeline import steps
+from densekd.pipeline.cache import cache_key
+from densekd.pipeline.fidkd_config import FidKDConfig
+from densekd.pipeline.qa_data import QAContext, load_qa_context, sample_ids
+
+log = logging.getLogger(__name__)
+RECALL_KS = (1, 5, 20)
+#: Reader settings that change the trained reader (save_steps and the generation settings do not)
+READER_FIELDS = ("model", "passage_max_length", "answer_max_length", "decoder_layers", "freeze_encoder", "epochs",
+                 "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "warmup_ratio", "seed")
+
+
+# ----------------------------------------------------------------------------------------- steps
+def bm25_retrieval(ctx: QAContext) -> tuple[Path, str]:
+    """Iteration 0: BM25 runs of the training and evaluation questions (``iter_0/runs``)."""
+    from densekd.index.bm25 import BM25Index
+
+    r = ctx.cfg.retrieval
+    key = cache_key("fidkd-bm25-v1", ctx.data_key, ctx.train_qids, ctx.eval_qids, r.k, r.eval_depth)
+
+    def compute(out: Path) -> dict[str, Any]:
+        index = BM25Index().index(ctx.corpus, show_progress=False)
+        for name, qids, depth in (("train", ctx.train_qids, r.k), ("dev", ctx.eval_qids, r.eval_depth)):
+            write_run(out / f"{name}.trec", index.search({q: ctx.queries[q].text for q in qids}, k=depth,
+                                                          show_progress=False))
+        return {"retriever": "bm25"}
+
+    folder = ctx.out / "iter_0" / "runs"
+    ctx.step("iter_0/bm25", folder, compute, key)
+    return folder, key
+
+
+def train_reader(ctx: QAContext, n: int, runs: tuple[Path, str], previous: tuple[Path, str] | None) -> tuple[Path, str]:
+    """Train iteration ``n``'s reader on the top ``k`` passages of ``runs`` (resumable; ``iter_<n>/reader``)."""
+    from transformers import set_seed
+
+    from densekd.encoders.reader import FiDReader
+    from densekd.training.reader_trainer import ReaderConfig, ReaderDataset, ReaderExample, ReaderTrainer
+
+    rc, k = ctx.cfg.reader, ctx.cfg.retrieval.k
+    start_from = previous if rc.continue_training and previous is not None else None
+    settings = {name: getattr(rc, name) for name in READER_FIELDS}
+    key = cache_key("fidkd-reader-v1", runs[1], settings, k, start_from and start_from[1])
+    checkpoints = steps.checkpoint_folder(ctx.out, f"reader-iter_{n}", key)
+
+    def compute(out: Path) -> dict[str, Any]:
+        run = load_run(runs[0] / "train.trec")
+        examples = [ReaderExample(ctx.queries[q].text, ctx.queries[q].answers, ctx.passages(run, q))
+                    for q in ctx.train_qids if run.get(q)]  # a question BM25 matched nothing for: no input
+        args = ReaderConfig(
+            model_name_or_path=rc.model, n_passages=k, passage_max_length=rc.passage_max_length,
+            answer_max_length=rc.answer_max_length, decoder_layers=rc.decoder_layers,
+            freeze_encoder=rc.freeze_encoder, num_train_epochs=rc.epochs, max_steps=rc.max_steps,
+            per_device_train_batch_size=rc.batch_size, gradient_accumulation_steps=rc.gradient_accumulation_steps,
+            learning_rate=rc.learning_rate, warmup_steps=rc.warmup_ratio, seed=rc.seed,  # < 1: a ratio
+            lr_scheduler_type="linear", **steps.training_args(rc.save_steps, checkpoints))
+        set_seed(rc.seed)  # a warm-started reader draws its new cross-attention from the global RNG
+        start = str(start_from[0]) if start_from else rc.model
+        reader = FiDReader.from_pretrained(start, **args.reader_overrides())
+        trainer = ReaderTrainer(reader, args, train_dataset=ReaderDataset(examples, seed=rc.seed))
+        resume = steps.resume_checkpoint(checkpoints, "reader")
+        began = time.perf_counter()
+        trainer.train(resume_from_checkpoint=resume)
+        reader.save_pretrained(out / "model")
+        write_json(out / "log_history.json", trainer.state.log_history)
+        return {"train_seconds": round(time.perf_counter() - began, 1), "steps": trainer.state.global_step,
+                "questions": len(examples), "start": str(start), "passages_from": str(runs[0]),
+                **({"resumed_from": Path(resume).name} if resume else {})}
+
+    folder = ctx.out / f"iter_{n}" / "reader"
+    ctx.step(f"iter_{n}/reader", folder, compute, key, {"reader": settings, "passages_from": str(runs[0])})
+    steps.drop_checkpoints(checkpoints)
+    return folder / "model", key
+
+
+def score_passages(ctx: QAContext, n: int, runs: Path, reader: tuple[Path, str]) -> tuple[list[TrainGroup], str, dict]:
+    """Reader scores of each training question's ``k`` passages as TrainGroups (``iter_<n>/scores``).
+
+    Resumable: finished questions are appended to ``checkpoints/scores-iter_<n>/<key>/scores.jsonl``
+    as they come, and a rerun skips them.
+    """
+    from densekd.encoders.reader import FiDReader
+    from densekd.teachers.fid import FiDTeacher
+
+    scoring = ctx.cfg.teacher.scoring
+    key = cache_key("fidkd-scores-v1", reader[1], scoring)
+    partial = steps.checkpoint_folder(ctx.out, f"scores-iter_{n}", key) / "scores.jsonl"
+
+    def compute(out: Path) -> dict[str, Any]:
+        run = load_run(runs / "train.trec")
+        done = _read_partial(partial)
+        teacher = FiDTeacher(FiDReader.from_pretrained(reader[0]).eval(), scoring)
+        with open(partial, "a", encoding="utf-8") as f:
+            for qid in ctx.train_qids:
+                passages = ctx.passages(run, qid)
+                if qid in done or not passages:
+                    continue
+                # the gold answer: only answer-conditioned scorings (attention-all, adist, pdist) read it
+                scores = teacher.score_passages(ctx.queries[qid].text, passages, ctx.queries[qid].answers[0])
+                done[qid] = _group(qid, [p.id for p in passages], scores)
+                f.write(json.dumps(done[qid].to_json()) + "\n")
+                f.flush()
+        groups = [done[qid] for qid in ctx.train_qids if qid in done]
+        write_jsonl(out / "groups.jsonl", (g.to_json() for g in groups))
+        hits = [has_answer(ctx.corpus[g.pos_ids[0]].text, ctx.queries[g.qid].answers) for g in groups]
+        return {"questions": len(groups), "scoring": scoring,
+                "train_top_attention_has_answer": float(np.mean(hits)) if hits else 0.0}
+
+    folder = ctx.out / f"iter_{n}" / "scores"
+    summary = ctx.step(f"iter_{n}/scores", folder, compute, key, {"scoring": scoring})
+    steps.drop_checkpoints(partial.parent)
+    with open(folder / "groups.jsonl", encoding="utf-8") as f:
+        return [TrainGroup.from_json(json.loads(line)) for line in f], key, summary
+
+
+def _group(qid: str, pids: list[str], scores: np.ndarray) -> TrainGroup:
+    """Candidates in retrieval order, the reader's favourite moved first (the datasets need a positive)."""
+    best = pids[int(np.argmax(scores))]
+    return TrainGroup(qid, [best], [p for p in pids if p != best], {p: float(s) for p, s in zip(pids, scores)})
+
+
+def _read_partial(path: Path) -> dict[str, TrainGroup]:
+    """Groups already scored by an interrupted run; a line cut off by a kill is dropped (and rescored)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[str, TrainGroup] = {}
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                group = TrainGroup.from_json(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue
+            done[group.qid] = group
+        write_jsonl(path, (g.to_json() for g in done.values()))  # atomic: no torn line left behind
+    return done
+
+
+def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key: str, base_store: Any,
+                    previous: tuple[Path, str] | None) -> tuple[Path, str]:
+    """Distil the reader's scores into the dense retriever (``iter_<n>/retriever``; resumable)."""
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.training.config import DistillConfig
+    from densekd.training.dataset import TrainGroupDataset
+    from densekd.training.trainer import DistillTrainer
+
+    s, k, normalize = ctx.cfg.retriever, ctx.cfg.retrieval.k, ctx.cfg.teacher.normalize
+    start_from = previous if s.continue_training and previous is not None else None
+    settings = {name: v for name, v in asdict(s).items() if name != "save_steps"}
+    key = cache_key("fidkd-retriever-v1", scores_key, settings, k, normalize, start_from and start_from[1])
+    if normalize == "zscore":
+        from densekd.teachers.fusion import zscore
+
+        groups = [TrainGroup(g.qid, g.pos_ids, g.neg_ids, dict(zip(g.teacher_scores, zscore(np.array(
+            list(g.teacher_scores.values()))).tolist()))) for g in groups]
+    checkpoints = steps.checkpoint_folder(ctx.out, f"retriever-iter_{n}", key)
+
+    def compute(out: Path) -> dict[str, Any]:
+        # every group is one question's k passages, all scored: "top" keeps them all, in stored order
+        args = DistillConfig(
+            per_device_train_batch_size=min(s.batch_size, len(groups)),  # drop_last: never zero steps
+            num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,
+            warmup_steps=s.warmup_ratio, seed=s.seed, group_size=k, loss=s.loss, negative_sampling="top",
+            train_mode=s.train_mode, logging_steps=s.logging_steps, lr_scheduler_type="linear",
+            **steps.training_args(s.save_steps, checkpoints))
+        start = str(start_from[0]) if start_from else s.model
+        encoder = DenseEncoder.from_pretrained(start, query_max_length=s.query_max_length,
+                                               passage_max_length=s.passage_max_length)
+        dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=k, seed=s.seed,
+                                    negative_sampling="top")
+        trainer = DistillTrainer(model=encoder, args=args, train_dataset=dataset,
+                                 passage_embeddings=base_store if s.train_mode == "query_only" else None)
+        resume = steps.resume_checkpoint(checkpoints, "retriever")
+        began = time.perf_counter()
+        trainer.train(resume_from_checkpoint=resume)
+        encoder.save_pretrained(out / "model")
+        write_json(out / "log_history.json", trainer.state.log_history)
+        return {"train_seconds": round(time.perf_counter() - began, 1), "steps": trainer.state.global_step,
+                "start": str(start), **({"resumed_from": Path(resume).name} if resume else {})}
+
+    folder = ctx.out / f"iter_{n}" / "retriever"
+    ctx.step(f"iter_{n}/retriever", folder, compute, key, {"retriever": settings, "normalize": normalize})
+    steps.drop_checkpoints(checkpoints)
+    return folder / "model", key
+
+
+def corpus_vectors(ctx: QAContext, model: str | Path | None, model_key: str, tag: str) -> Any:
+    """Corpus vectors of a dense model in ``cache_dir/embeddings/<key>`` (chunked, resumable).
+
+    ``model_key`` identifies the weights: the start checkpoint's path or a retriever step's key.
+    """
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.index.encode import encode_corpus
+
+    length = ctx.cfg.retriever.passage_max_length
+    fingerprint = cache_key("fidkd-dense-v1", model_key, length, ctx.data_key)
+    folder = Path(ctx.cfg.cache_dir).expanduser() / "embeddings" / fingerprint
+    start, reused = time.perf_counter(), (folder / "manifest.json").is_file()
+    encoder = DenseEncoder.from_pretrained(model, passage_max_length=length)
+    store = encode_corpus(encoder, ctx.corpus, folder, batch_size=ctx.cfg.encode_batch_size,
+                          fingerprint=fingerprint, show_progress=not reused)
+    ctx.timings[f"encode:{tag}"] = {"seconds": round(time.perf_counter() - start, 1), "cached": reused}
+    return store
+
+
+def retrieve(ctx: QAContext, n: int, retriever: tuple[Path, str], base_store: Any) -> tuple[Path, str]:
+    """Index the corpus with retriever ``n`` (FAISS) and rank every question (``iter_<n>/runs``).
+
+    ``query_only``: the passage tower is the start model's, so its cached vectors are the index.
+    """
+    from densekd.encoders.dense import DenseEncoder
+
+    r = ctx.cfg.retrieval
+    key = cache_key("fidkd-runs-v1", retriever[1], ctx.train_qids, ctx.eval_qids, r.k, r.eval_depth, r.factory)
+
+    def compute(out: Path) -> dict[str, Any]:
+        encoder = DenseEncoder.from_pretrained(retriever[0])
+        store = base_store if base_store is not None else corpus_vectors(ctx, retriever[0], retriever[1], f"iter_{n}")
+        index = store.to_faiss(r.factory, show_progress=False)
+        for name, qids, depth in (("train", ctx.train_qids, r.k), ("dev", ctx.eval_qids, r.eval_depth)):
+            vectors = encoder.encode_queries([ctx.queries[q].text for q in qids])
+            write_run(out / f"{name}.trec", index.search(vectors, qids, k=depth))
+        return {"retriever": "dense", "model": str(retriever[0]), "index": f"faiss:{r.factory}",
+                "passage_vectors": str(store.path)}
+
+    folder = ctx.out / f"iter_{n}" / "runs"
+    ctx.step(f"iter_{n}/retrieve", folder, compute, key)
+    return folder, key
+
+
+def evaluate_reader(ctx: QAContext, n: int, reader: tuple[Path, str], runs: tuple[Path, str]) -> dict[str, float]:
+    """Reader ``n`` on the evaluation questions over the top ``k`` of ``runs``: EM/F1, top-scored passage."""
+    from densekd.encoders.reader import FiDReader
+    from densekd.teachers.fid import FiDTeacher
+
+    rc, scoring = ctx.cfg.reader, ctx.cfg.teacher.scoring
+    qids = sample_ids(ctx.eval_qids, rc.eval_max_queries, ctx.cfg.data.seed)
+    key = cache_key("fidkd-eval-v1", reader[1], runs[1], scoring, rc.num_beams, qids)
+
+    def compute(out: Path) -> dict[str, Any]:
+        run = load_run(runs[0] / "dev.trec")
+        teacher = FiDTeacher(FiDReader.from_pretrained(reader[0]).eval(), scoring)
+        rows: list[dict[str, Any]] = []
+        asked = [q for q in qids if run.get(q)]  # no passage: no prediction (scored as a miss)
+        for i in range(0, len(asked), rc.eval_batch_size):
+            batch = asked[i:i + rc.eval_batch_size]
+            passages = [ctx.passages(run, q) for q in batch]
+            preds = teacher.reader.generate([ctx.queries[q].text for q in batch], passages, num_beams=rc.num_beams)
+            for qid, plist, pred in zip(batch, passages, preds):
+                # answer-conditioned scorings get the reader's own answer: gold answers stay unseen here
+                top = plist[int(np.argmax(teacher.score_passages(ctx.queries[qid].text, plist, pred)))]
+                rows.append({"qid": qid, "prediction": pred, "top_pid": top.id,
+                             "top_has_answer": has_answer(top.text, ctx.queries[qid].answers)})
+        write_jsonl(out / "predictions.jsonl", rows)
+        em_f1 = reader_metrics({r["qid"]: r["prediction"] for r in rows}, {q: ctx.queries[q] for q in qids})
+        return {"reader_em": em_f1["em"], "reader_f1": em_f1["f1"],
+                "top_attention_has_answer": sum(r["top_has_answer"] for r in rows) / len(qids)}
+
+    return ctx.step(f"iter_{n}/eval", ctx.out / f"iter_{n}" / "eval", compute, key, {"questions": len(qids)})
+
+
+# ----------------------------------------------------------------------------------------- loop
+def run_fidkd(cfg: FidKDConfig) -> dict[str, Any]:
+    """Run BM25 and ``cfg.iterations`` reader -> retriever rounds; write metrics.json and report.md.
+
+    Returns
+    -------
+    dict
+        ``{"name", "questions": {"train", "eval", "reader_eval"}, "bm25": {answer_recall@k}, "iterations": [row per
+        iteration: answer_recall@1/5/20, reader_em, reader_f1, top_attention_has_answer,
+        train_top_attention_has_answer], "steps": {step: {seconds, cached}}}``.
+    """
+    from densekd.encoders.dense import resolve_model_path
+    from densekd.pipeline import fidkd_report
+    from densekd.teachers.base import fingerprint_file
+
+    ctx = load_qa_context(cfg)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    eval_queries = {q: ctx.queries[q] for q in ctx.eval_qids}
+    runs = bm25_retrieval(ctx)
+    result: dict[str, Any] = {
+        "name": cfg.name, "questions": {"train": len(ctx.train_qids), "eval": len(ctx.eval_qids), "reader_eval": len(
+            sample_ids(ctx.eval_qids, cfg.reader.eval_max_queries, cfg.data.seed))},
+        "bm25": answer_recall(load_run(runs[0] / "dev.trec"), eval_queries, ctx.corpus, RECALL_KS), "iterations": []}
+    base_store = None
+    if cfg.retriever.train_mode == "query_only":  # one frozen passage side for every iteration
+        start = Path(resolve_model_path(cfg.retriever.model))
+        weights = start / "model.safetensors"  # keyed by content: a checkpoint rewritten in place re-encodes
+        base_store = corpus_vectors(ctx, start, fingerprint_file(weights) if weights.is_file() else str(start), "base")
+    reader = retriever = None
+    groups: list[TrainGroup] = []
+    for n in range(1, cfg.iterations + 1):
+        reader = train_reader(ctx, n, runs, reader)
+        groups, scores_key, score_summary = score_passages(ctx, n, runs[0], reader)
+        retriever = train_retriever(ctx, n, groups, scores_key, base_store, retriever)
+        runs = retrieve(ctx, n, retriever, base_store)
+        row = {"iteration": n, **answer_recall(load_run(runs[0] / "dev.trec"), eval_queries, ctx.corpus, RECALL_KS),
+               **evaluate_reader(ctx, n, reader, runs),
+               "train_top_attention_has_answer": score_summary["train_top_attention_has_answer"]}
+        result["iterations"].append(row)
+        log.info("iteration %d: %s", n, {k: round(v, 3) for k, v in row.items()})
+    result["steps"] = ctx.timings
+    write_json(ctx.out / "metrics.json", result)
+    fidkd_report.write_report(ctx, result, groups)
+    return result
