@@ -123,7 +123,8 @@ def parse_args() -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> PipelineConfig:
     """Config file < ``--data-root`` < (smoke settings) < ``--set``; rerank depth from ``--rerank-depth``."""
     data_root = str(Path(args.data_root).resolve())
-    overrides = (SMOKE_SETTINGS if args.smoke else []) + list(args.overrides)
+    # no intermediate checkpoints: the ST peers write none, and throughput is compared
+    overrides = ["student.save_steps=0"] + (SMOKE_SETTINGS if args.smoke else []) + list(args.overrides)
     cfg = load_config(args.config, overrides, PipelineConfig, flags={"data": {"root": data_root}})
     teacher = dataclasses.replace(cfg.teacher, rerank_depth=args.rerank_depth)
     cfg = dataclasses.replace(cfg, teacher=teacher, output_dir=args.out_dir)

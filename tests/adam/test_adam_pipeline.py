@@ -140,6 +140,9 @@ def test_scifact_adam_config_shares_the_kd_teacher():
     root = Path(__file__).resolve().parents[2] / "configs"
     adam = load_config(root / "scifact-adam.yaml", [], PipelineConfig)
     kd = load_config(root / "scifact-kd.yaml", [], PipelineConfig)
-    assert (adam.data, adam.mining, adam.teacher, adam.cache_dir) == (kd.data, kd.mining, kd.teacher, kd.cache_dir)
+    # the same trained teacher and annotations; the signal differs: dark examples have only CE scores
+    kd_teacher = dataclasses.replace(kd.teacher, fusion=adam.teacher.fusion)
+    assert (adam.data, adam.mining, adam.teacher, adam.cache_dir) == (kd.data, kd.mining, kd_teacher, kd.cache_dir)
+    assert adam.teacher.fusion == {"cross_encoder": 1.0}
     assert adam.student.dark_examples.enabled and adam.student.self_paced.enabled
     assert adam.output_dir != kd.output_dir
