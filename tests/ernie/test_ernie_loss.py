@@ -100,8 +100,9 @@ def test_ernie_loss_respects_masks_and_weights_like_the_kl_loss():
     masked = ScoreBatch(student=dense, teacher=batch.teacher, mask=mask, weights=weights,
                         heads={"colbert": ScoreBatch(student=colbert, mask=mask)})
     out = ernie_search_loss(masked, masked.heads["colbert"], ErnieLossSettings(ce_to_dense_weight=1.0))
-    expected = kl_distillation_loss(dense, batch.teacher, student_temperature=0.05, scale_by_t2=False, mask=mask,
-                                    weights=weights)
+    expected = kl_distillation_loss(dense, batch.teacher, student_temperature=0.05,
+                                    teacher_temperature=ErnieLossSettings().teacher_temperature, scale_by_t2=False,
+                                    mask=mask, weights=weights)
     torch.testing.assert_close(out["kl_ce_to_dense"], expected)
     assert all(torch.isfinite(v) for v in out.values())
 

@@ -89,8 +89,8 @@ def test_ernie_save_load_gives_identical_scores_for_every_loader(ernie_model, tm
         ErnieSearchModel.from_pretrained(tmp_path / "m", colbert_dim=32)
 
 
-def test_ernie_model_refuses_untied_towers(ernie_model, tiny_bert_path):
-    with pytest.raises(ValueError, match="cannot be untied"):
-        ernie_model.untie()
+def test_ernie_model_starts_shared_and_unties_only_on_request(ernie_model, tiny_bert_path):
     with pytest.raises(ValueError, match="shared"):
         ErnieSearchModel.from_pretrained(tiny_bert_path, shared=False)
+    ernie_model.untie()  # query_only training: a frozen passage copy, one ColBERT head for both sides
+    assert ernie_model.passage_model is not ernie_model.query_model and not ernie_model.config.shared

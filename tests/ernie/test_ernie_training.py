@@ -76,5 +76,5 @@ def test_ernie_head_requirements_are_checked_before_training(tiny_bert_path, ern
                                                              tmp_path):
     with pytest.raises(ValueError, match="needs score heads \\['colbert'\\]"):
         _trainer(DenseEncoder.from_pretrained(tiny_bert_path), ernie_toy, ernie_groups, tmp_path)
-    with pytest.raises(ValueError, match="query_only"):
+    with pytest.raises(ValueError, match="query_only' needs passage_embeddings"):
         _trainer(ernie_model, ernie_toy, ernie_groups, tmp_path, train_mode="query_only")

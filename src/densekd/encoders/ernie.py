@@ -26,6 +26,14 @@ Data contract
   the two ``*_in_batch`` entries only when ``in_batch``. ``forward(query, passage, group_size=G, ...)``
   returns the same dict (the trainer goes through ``forward`` so that DDP sees the pass); without
   ``group_size`` it is ``DenseEncoder.forward``.
+* ``query_only`` training (the cheap mode): ``passage`` may instead be the
+  :class:`~densekd.index.token_states.CachedPassages` of a frozen passage tower
+  (:class:`~densekd.index.token_states.PassageTokenStates`, computed once with the base encoder). The
+  tower then runs on the queries only; the dense score is ``query vector . cached pooled vector`` and
+  the ColBERT score is MaxSim against ``colbert_head(cached hidden states)``, so the ColBERT projection
+  keeps training on both sides. :meth:`untie` (called by the trainer's ``freeze_passage_side``) gives
+  the passage side its own frozen copy of the tower, so the saved model is a correct two-tower
+  retriever whose passage vectors are exactly the base model's.
 
 On disk (``save_pretrained``)
 -----------------------------
@@ -33,7 +41,11 @@ A :class:`DenseEncoder` folder (shared tower, config ``densekd_encoder.json``, w
 late-interaction files of :mod:`densekd.encoders.late_interaction` (head + its config, written
 first), one set of tower weights for both. Hence ``DenseEncoder.from_pretrained(folder)`` loads the
 trained dense retriever, ``LateInteractionEncoder.from_pretrained(folder)`` its ColBERT side and
-``ErnieSearchModel.from_pretrained(folder)`` both.
+``ErnieSearchModel.from_pretrained(folder)`` both. An untied (``query_only``-trained) model saves the
+two towers in ``query/`` and ``passage/`` as an untied ``DenseEncoder`` does; its ColBERT side is the
+query tower + head for queries and :meth:`PassageTokenStates.colbert_store
+<densekd.index.token_states.PassageTokenStates.colbert_store>` for passages (no single-tower
+``LateInteractionEncoder`` view exists for it).
 """
 
 from __future__ import annotations
@@ -56,6 +68,7 @@ from densekd.encoders.late_interaction import (
     save_late_interaction_files,
     token_mask,
 )
+from densekd.index.token_states import CachedPassages, PassageTokenStates
 from densekd.losses.scores import InBatchScores, global_in_batch, group_scores, maxsim, maxsim_grouped
 
 DEFAULT_COLBERT_DIM = 128
@@ -75,9 +88,10 @@ class ErnieSearchModel(DenseEncoder):
     Parameters
     ----------
     config
-        The dense side's settings (pooling, normalisation, lengths, prefixes); ``shared`` must be True.
+        The dense side's settings (pooling, normalisation, lengths, prefixes); ``shared`` is False only
+        for an untied (``query_only``-trained) model, which needs ``passage_model``.
     model
-        The one HF tower.
+        The HF tower (the query tower of an untied model).
     tokenizer
         Its tokenizer.
     projection
@@ -86,6 +100,8 @@ class ErnieSearchModel(DenseEncoder):
         The late-interaction projection (``hidden -> Dc``, L2-normalised).
     skip_punctuation
         Mask punctuation tokens out of passages in MaxSim.
+    passage_model
+        The frozen passage tower of an untied model (``None`` = shared tower).
 
     Examples
     --------
@@ -98,10 +114,12 @@ class ErnieSearchModel(DenseEncoder):
     score_heads: tuple[str, ...] = ("dense", "colbert")
 
     def __init__(self, config: DenseEncoderConfig, model: nn.Module, tokenizer: Any,
-                 projection: nn.Linear | None, colbert_head: LateInteractionHead, skip_punctuation: bool = True):
-        if not config.shared:
-            raise ValueError("ErnieSearchModel needs one shared tower (DenseEncoderConfig.shared=True)")
-        super().__init__(config, model, None, tokenizer, projection)
+                 projection: nn.Linear | None, colbert_head: LateInteractionHead, skip_punctuation: bool = True,
+                 passage_model: nn.Module | None = None):
+        if config.shared != (passage_model is None):
+            raise ValueError("ErnieSearchModel: a shared config takes one tower; an untied one (shared=False, "
+                             "query_only training) needs its passage_model")
+        super().__init__(config, model, passage_model, tokenizer, projection)
         self.colbert_head = colbert_head
         self.skip_punctuation = bool(skip_punctuation)
         skip = punctuation_ids(tokenizer) if skip_punctuation else []
@@ -123,8 +141,11 @@ class ErnieSearchModel(DenseEncoder):
         skip_punctuation
             Overrides the saved value (default True for a new head).
         **overrides
-            :class:`DenseEncoderConfig` fields (``shared`` must stay True).
+            :class:`DenseEncoderConfig` fields (``shared=False`` is refused: an untied model comes from
+            :meth:`untie` or from a saved untied folder).
         """
+        if overrides.get("shared") is False:
+            raise ValueError("ErnieSearchModel starts from one shared tower; untie() it for query_only training")
         root = Path(resolve_model_path(path))
         dense = DenseEncoder.from_pretrained(root, **overrides)
         hidden = dense.query_model.config.hidden_size
@@ -138,7 +159,8 @@ class ErnieSearchModel(DenseEncoder):
             # new head: random init from torch's global RNG (seed it for reproducible runs)
             head = LateInteractionHead(hidden, colbert_dim or DEFAULT_COLBERT_DIM)
             skip = True if skip_punctuation is None else skip_punctuation
-        return cls(dense.config, dense.query_model, dense.tokenizer, dense.projection, head, skip)
+        passage = None if dense.config.shared else dense.passage_model
+        return cls(dense.config, dense.query_model, dense.tokenizer, dense.projection, head, skip, passage)
 
     @property
     def colbert_dim(self) -> int:
@@ -146,26 +168,48 @@ class ErnieSearchModel(DenseEncoder):
         return self.colbert_head.linear.out_features
 
     def untie(self) -> None:
-        """Refused: both heads and both sides must read one tower (so ``query_only`` is unsupported)."""
-        raise ValueError("ErnieSearchModel shares one tower between queries, passages and both heads; "
-                         "it cannot be untied (train_mode='query_only' is not supported)")
+        """Give the passage side its own tower copy (``query_only``: frozen, read from cached states).
+
+        The ColBERT head stays one module for both sides: it is not part of the passage tower.
+        """
+        super().untie()
+
+    def check_passage_cache(self, table: Any) -> PassageTokenStates:
+        """The ``query_only`` passage table as :class:`PassageTokenStates`, checked against this model."""
+        states = PassageTokenStates.coerce(table)
+        hidden = self.query_model.config.hidden_size
+        if states.hidden_size != hidden or states.dim != self.dim:
+            raise ValueError(f"token states have hidden size {states.hidden_size} / vector dim {states.dim}; "
+                             f"this model has {hidden} / {self.dim}")
+        return states
 
     # ----------------------------------------------------------------------------- heads
     def embed(self, batch: dict[str, Tensor], passage: bool) -> ErnieEmbeddings:
         """Pooled vector, ColBERT tokens and token mask of a tokenised batch from one forward pass."""
-        hidden = self.query_model(**batch).last_hidden_state                    # [B, L, H]
+        tower = self.passage_model if passage else self.query_model            # the same module when shared
+        hidden = tower(**batch).last_hidden_state                               # [B, L, H]
         vector = self.vectors_from_hidden(hidden, batch["attention_mask"])      # [B, D]
         mask = token_mask(batch, self.skip_ids if passage else None)            # [B, L]
         return ErnieEmbeddings(vector, self.colbert_head(hidden), mask)         # tokens [B, L, Dc]
 
-    def compute_scores(self, query: dict[str, Tensor], passage: dict[str, Tensor], group_size: int,
-                       mask: Tensor | None = None, in_batch: bool = True) -> dict[str, Tensor | InBatchScores]:
+    def embed_cached(self, cached: CachedPassages) -> ErnieEmbeddings:
+        """Both heads of cached passages: their pooled vectors, ``colbert_head(hidden)`` and the mask.
+
+        ``cached.hidden[B, L, H]`` carries no gradient; the ColBERT projection applied to it does.
+        """
+        mask = token_mask(cached.batch(), self.skip_ids)                        # [B, L]
+        return ErnieEmbeddings(cached.vectors, self.colbert_head(cached.hidden), mask)
+
+    def compute_scores(self, query: dict[str, Tensor], passage: dict[str, Tensor] | CachedPassages,
+                       group_size: int, mask: Tensor | None = None,
+                       in_batch: bool = True) -> dict[str, Tensor | InBatchScores]:
         """Dense and late-interaction scores of each query's group, and in-batch (module docstring).
 
         Parameters
         ----------
         query, passage
-            Tokenised ``B`` queries and ``B * G`` group-major passages.
+            Tokenised ``B`` queries and ``B * G`` group-major passages; ``passage`` may be the
+            :class:`CachedPassages` of those ``B * G`` passages (``query_only``).
         group_size
             ``G``.
         mask
@@ -173,7 +217,8 @@ class ErnieSearchModel(DenseEncoder):
         in_batch
             Also score every query against every passage of the batch.
         """
-        q, p = self.embed(query, passage=False), self.embed(passage, passage=True)
+        q = self.embed(query, passage=False)
+        p = self.embed_cached(passage) if isinstance(passage, CachedPassages) else self.embed(passage, passage=True)
         out: dict[str, Tensor | InBatchScores] = {
             "dense": group_scores(q.vector, p.vector, group_size),
             "colbert": maxsim_grouped(q.tokens, q.mask, p.tokens, p.mask, group_size),
@@ -183,7 +228,7 @@ class ErnieSearchModel(DenseEncoder):
             out["colbert_in_batch"] = maxsim(q.tokens, q.mask, p.tokens, p.mask)
         return out
 
-    def forward(self, query: dict[str, Tensor] | None = None, passage: dict[str, Tensor] | None = None,
+    def forward(self, query: dict[str, Tensor] | None = None, passage: dict[str, Tensor] | CachedPassages | None = None,
                 group_size: int | None = None, mask: Tensor | None = None,
                 in_batch: bool = True) -> dict[str, Any]:
         """``DenseEncoder.forward`` (vectors) without ``group_size``; :meth:`compute_scores` with it."""
@@ -204,13 +249,33 @@ class ErnieSearchModel(DenseEncoder):
 
     def to_dense_encoder(self) -> DenseEncoder:
         """A plain :class:`DenseEncoder` view of the dense head (shares the weights, no copy)."""
-        return DenseEncoder(self.config, self.query_model, None, self.tokenizer, self.projection)
+        passage = None if self.config.shared else self.passage_model
+        return DenseEncoder(self.config, self.query_model, passage, self.tokenizer, self.projection)
 
     def to_late_interaction_encoder(self) -> LateInteractionEncoder:
         """A :class:`LateInteractionEncoder` view of the ColBERT head (shares the weights, no copy):
-        re-ranking, token-store search and :meth:`LateInteractionEncoder.score` of the trained head."""
+        re-ranking, token-store search and :meth:`LateInteractionEncoder.score` of the trained head.
+
+        Shared towers only; an untied model scores passages through :meth:`encode_query_tokens` and
+        :meth:`PassageTokenStates.colbert_store <densekd.index.token_states.PassageTokenStates.colbert_store>`.
+        """
+        if not self.config.shared:
+            raise ValueError("an untied (query_only-trained) ErnieSearchModel has two towers: use encode_query_tokens "
+                             "+ PassageTokenStates.colbert_store(model.colbert_head, model.skip_ids)")
+        return self._colbert_view()
+
+    def _colbert_view(self) -> LateInteractionEncoder:
         return LateInteractionEncoder(self.late_interaction_config(), self.query_model, self.tokenizer,
                                       self.colbert_head)
+
+    def encode_query_tokens(self, texts: list[str], batch_size: int = 128,
+                            show_progress: bool = False) -> list[Any]:
+        """ColBERT query tokens, ``np.float32[n_i, Dc]`` per text (the query tower; any model).
+
+        With it the model itself is the query encoder of
+        :func:`~densekd.index.late_interaction.late_interaction_search`.
+        """
+        return self._colbert_view().encode_query_tokens(texts, batch_size, show_progress)
 
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:
         """Late-interaction head and config first, then the ``DenseEncoder`` folder (its config last).

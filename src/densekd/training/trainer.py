@@ -26,8 +26,10 @@ in_batch=use_in_batch_negatives)`` (through ``forward``, so DDP sees the pass) a
 ``{head: [B, G], f"{head}_in_batch": [B, B*G] local scores or an InBatchScores from global_in_batch}``.
 The ``"dense"`` head becomes the :class:`ScoreBatch` every loss sees; the others go into
 ``ScoreBatch.heads`` with the same teacher scores and mask. Losses that need a head declare it in
-``score_heads``; a missing one is an error before training starts. ``query_only`` is not available
-for such models (their heads need the passage tokens).
+``score_heads``; a missing one is an error before training starts. ``query_only`` works for such a
+model when it has ``check_passage_cache(table)`` (validates and returns its own kind of table, e.g.
+:class:`~densekd.index.token_states.PassageTokenStates` for ERNIE-Search): the trainer then passes
+``table.lookup(pids, device)`` (e.g. cached token states) as ``passage`` instead of passage tokens.
 
 ``query_only`` mode
 -------------------
@@ -180,9 +182,9 @@ class DistillTrainer(Trainer):
                 raise ValueError(f"DistillTrainer does not support {unsupported}")
         query_only = args.train_mode == "query_only"
         self.multi_head = callable(getattr(model, "compute_scores", None))
-        if self.multi_head and query_only:
-            raise ValueError(f"{type(model).__name__} scores with several heads from passage tokens; "
-                             "train_mode='query_only' is not supported for it")
+        if self.multi_head and query_only and not callable(getattr(model, "check_passage_cache", None)):
+            raise ValueError(f"{type(model).__name__} scores with several heads from passage tokens and has no "
+                             "check_passage_cache: train_mode='query_only' is not supported for it")
         table = self._setup_mode(model, passage_embeddings, query_only)
         if data_collator is None:
             data_collator = DistillCollator.from_encoder(model, query_only=query_only)
@@ -202,16 +204,20 @@ class DistillTrainer(Trainer):
             self.add_callback(EpochSetterCallback(self.train_dataset))
 
     @staticmethod
-    def _setup_mode(model: DenseEncoder, passage_embeddings: Any, query_only: bool) -> PassageEmbeddingTable | None:
+    def _setup_mode(model: DenseEncoder, passage_embeddings: Any, query_only: bool) -> Any:
         if not query_only:
             if passage_embeddings is not None:
                 raise ValueError("passage_embeddings are only used with train_mode='query_only'")
             return None
         if passage_embeddings is None:
             raise ValueError("train_mode='query_only' needs passage_embeddings (a PassageEmbeddingTable)")
-        table = PassageEmbeddingTable.coerce(passage_embeddings)
-        if table.dim != model.dim:
-            raise ValueError(f"passage embeddings have dim {table.dim} but the encoder produces {model.dim}")
+        if callable(getattr(model, "check_passage_cache", None)):
+            # a multi-head model reads its own kind of table (ERNIE-Search: cached token states)
+            table = model.check_passage_cache(passage_embeddings)
+        else:
+            table = PassageEmbeddingTable.coerce(passage_embeddings)
+            if table.dim != model.dim:
+                raise ValueError(f"passage embeddings have dim {table.dim} but the encoder produces {model.dim}")
         freeze_passage_side(model)
         return table
 
@@ -225,7 +231,11 @@ class DistillTrainer(Trainer):
         if self.passage_table is None and inputs["passage"] is None:
             raise ValueError("batch has no passage tokens: full training needs a collator with tokenize_passage")
         if self.multi_head:
-            heads = model(query=inputs["query"], passage=inputs["passage"], group_size=len(inputs["pids"][0]),
+            passage = inputs["passage"]
+            if self.passage_table is not None:  # query_only: the table's cached passages replace the tokens
+                flat = [pid for group in inputs["pids"] for pid in group]
+                passage = self.passage_table.lookup(flat, inputs["query"]["input_ids"].device)
+            heads = model(query=inputs["query"], passage=passage, group_size=len(inputs["pids"][0]),
                           mask=inputs.get("mask"), in_batch=self.args.use_in_batch_negatives)
             components = self.loss_fn(head_score_batch(heads, inputs.get("teacher_scores"), inputs.get("mask"),
                                                        inputs.get("weights")))
