@@ -335,8 +335,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         axes[0].scatter([i] * len(rows[n]["ndcg@10_per_seed"]), rows[n]["ndcg@10_per_seed"], color="k", s=10, zorder=3)
     for name, m in result["baselines"].items():
         axes[0].axhline(m["ndcg@10"], ls="--", lw=1, color="tab:gray" if "zero" in name else "tab:red", label=name)
-    lo = min(min(rows[n]["ndcg@10_per_seed"]) for n in names)
-    axes[0].set_ylim(max(0.0, lo - 0.05), None)
+    lo = min([min(rows[n]["ndcg@10_per_seed"]) for n in names] + [m["ndcg@10"] for m in result["baselines"].values()])
+    axes[0].set_ylim(max(0.0, lo - 0.02), None)
     axes[0].set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     axes[0].set_title("SciFact dev nDCG@10 (mean +- std over seeds)")
     axes[0].legend(fontsize=7)
