@@ -1,0 +1,409 @@
+"""Benchmark: reader -> retriever distillation (Izacard & Grave) on squad-open, against BM25 and gold labels.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python bench/fidkd_squad.py            # the loop of configs/squad-fidkd.yaml (~1 h here)
+    OMP_NUM_THREADS=1 python bench/fidkd_squad.py --smoke    # tiny end-to-end check -> bench/results/smoke/
+    OMP_NUM_THREADS=1 python bench/fidkd_squad.py --set data.max_train_queries=200 --set iterations=3
+
+One process, one data set (``../shared/data/squad-open``: 2,067 paragraphs; training questions =
+answerable queries outside the dev split, sampled by ``data.max_train_queries``; every metric on dev):
+
+* ``bm25``: the loop's iteration 0 (bm25s), answer recall@1/5/20 on all dev questions.
+* ``zeroshot``: the start retriever (all-MiniLM-L6-v2) as it is, same index, same questions.
+* ``iterations``: the loop itself, run through the pipeline (:func:`densekd.pipeline.fidkd.run_fidkd`,
+  ``configs/squad-fidkd.yaml`` + ``--set``): per iteration the distilled retriever's answer
+  recall@1/5/20 on **all** dev questions, and the reader's EM/F1 and ``top_attention_has_answer`` on a
+  seeded sample of ``reader.eval_max_queries`` dev questions (reading costs seconds per question).
+  No passage label is used.
+* ``gold_trained``: what labels would buy. The same start retriever, trained on the *same* training
+  questions with their gold paragraph (``qrels/train.tsv``) as the positive and BM25's top-``k``
+  others as hard negatives, contrastively (InfoNCE, temperature = the loop's student temperature,
+  in-batch negatives on), through the same step (:func:`densekd.pipeline.fidkd.train_retriever`:
+  ``DistillTrainer``, same ``train_mode`` and frozen passage vectors, batch, learning rate, group size)
+  for as many epochs as the loop's last retriever has seen in total (``retriever.epochs`` x
+  ``iterations`` when ``retriever.continue_training``), then indexed and evaluated by the same
+  :func:`~densekd.pipeline.fidkd.retrieve`.
+
+Goals (issue 7): the loop's answer recall@1 >= BM25's + 0.05 within 2 iterations, and >= 90 % of the
+gold-trained retriever's recall@1. Also reported, to explain the result: the same recalls on the
+training questions (what the retriever was fitted to) and how often the reader's top-scored passage
+holds an answer there (the quality of the labels the retriever learns from).
+
+Every loop step is cached in ``--out-dir`` (default ``runs/bench-fidkd-squad``) and the corpus vectors in
+the config's ``cache_dir``: a rerun reuses them. Writes ``bench/results/fidkd_squad.{json,md,png}``.
+Run with ``OMP_NUM_THREADS=1`` on a shared 2-core machine (a second intra-op thread there is slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from common import REPO, RESULTS, SHARED_DATA, markdown_table, provenance, write_results  # noqa: E402
+from densekd.cli.config import load_config  # noqa: E402
+from densekd.data.trec import load_run  # noqa: E402
+from densekd.eval.qa import answer_recall, has_answer  # noqa: E402
+from densekd.pipeline import fidkd  # noqa: E402
+from densekd.pipeline.cache import cache_key  # noqa: E402
+from densekd.pipeline.fidkd_config import FidKDConfig  # noqa: E402
+from densekd.pipeline.qa_data import QAContext, load_qa_context  # noqa: E402
+
+NAME = "fidkd_squad"
+KS = fidkd.RECALL_KS
+RECALLS = [f"answer_recall@{k}" for k in KS]
+SMOKE_ROOT = Path(os.environ.get("TMPDIR", "/tmp")) / "densekd-bench-fidkd-smoke"
+SMOKE_SETTINGS = ["iterations=2", "data.max_train_queries=12", "retrieval.k=4", "reader.max_steps=2",
+                  "reader.passage_max_length=64", "reader.batch_size=2", "reader.gradient_accumulation_steps=1",
+                  "reader.save_steps=0", "reader.eval_max_queries=4", "reader.eval_batch_size=4",
+                  "retriever.max_steps=2", "retriever.batch_size=4", "retriever.passage_max_length=64",
+                  "retriever.save_steps=0", "encode_batch_size=16"]
+GOAL_ITERATIONS = 2
+GOAL_BM25_GAIN = 0.05
+GOAL_GOLD_FRACTION = 0.9
+
+log = logging.getLogger("fidkd_squad")
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(REPO / "configs" / "squad-fidkd.yaml"), help="fidkd pipeline YAML")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="pipeline config override (repeatable, applied last)")
+    ap.add_argument("--data-root", default=str(SHARED_DATA / "squad-open"), help="BEIR squad-open folder (answers)")
+    ap.add_argument("--out-dir", default=str(REPO / "runs" / "bench-fidkd-squad"), help="the loop's output_dir")
+    ap.add_argument("--gold-epochs", type=float, default=None,
+                    help="epochs of the gold-trained retriever (default: as many as the loop's last retriever saw)")
+    ap.add_argument("--no-gold", action="store_true", help="skip the gold-trained retriever (probes)")
+    ap.add_argument("--results-name", default=NAME, help="bench/results/<name>.{json,md,png}")
+    ap.add_argument("--results-dir", default=None, help="where the results go (default bench/results, smoke: .../smoke)")
+    ap.add_argument("--smoke", action="store_true", help="tiny settings on a data subset, bench/results/smoke/")
+    return ap.parse_args()
+
+
+# ----------------------------------------------------------------------------------------- config
+def build_config(args: argparse.Namespace) -> FidKDConfig:
+    """Config file < ``--data-root`` / ``--out-dir`` < (smoke settings) < ``--set``."""
+    overrides = (SMOKE_SETTINGS if args.smoke else []) + list(args.overrides)
+    flags = {"data": {"root": str(Path(args.data_root).resolve())}, "output_dir": str(Path(args.out_dir).resolve())}
+    if args.smoke:
+        flags = {"data": {"root": str(make_smoke_data(Path(args.data_root), SMOKE_ROOT / "data"))},
+                 "output_dir": str(SMOKE_ROOT / "out"), "cache_dir": str(SMOKE_ROOT / "cache")}
+    return load_config(args.config, overrides, FidKDConfig, flags=flags)
+
+
+def make_smoke_data(src: Path, out: Path, n_dev: int = 20, n_train: int = 16, n_other: int = 60) -> Path:
+    """A squad-open subset: ``n_dev`` dev and ``n_train`` training questions, their gold paragraphs and
+    ``n_other`` other paragraphs (deterministic, so smoke reruns keep their caches)."""
+    from densekd.data.beir import load_corpus, load_qrels, load_queries, write_corpus, write_qrels, write_queries
+
+    corpus, queries = load_corpus(src / "corpus.jsonl"), load_queries(src / "queries.jsonl")
+    dev = dict(list(load_qrels(src / "qrels" / "dev.tsv").items())[:n_dev])
+    train_all = load_qrels(src / "qrels" / "train.tsv")
+    train = {q: train_all[q] for q in list(train_all)[::max(1, len(train_all) // n_train)][:n_train]}
+    judged = {pid for qrels in (train, dev) for docs in qrels.values() for pid in docs}
+    keep = judged | set([pid for pid in corpus if pid not in judged][::max(1, len(corpus) // n_other)][:n_other])
+    write_corpus(out / "corpus.jsonl", [p for pid, p in corpus.items() if pid in keep])
+    write_queries(out / "queries.jsonl", [queries[q] for q in queries if q in train or q in dev])
+    (out / "qrels").mkdir(parents=True, exist_ok=True)
+    write_qrels(out / "qrels" / "train.tsv", train)
+    write_qrels(out / "qrels" / "dev.tsv", dev)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- extra rows
+def sub_context(ctx: QAContext, name: str, **retriever: Any) -> QAContext:
+    """``ctx`` writing into ``output_dir/<name>`` with retriever settings replaced (own timing log)."""
+    cfg = ctx.cfg
+    new = dataclasses.replace(cfg, output_dir=str(ctx.out / name), retriever=dataclasses.replace(cfg.retriever, **retriever),
+                              teacher=dataclasses.replace(cfg.teacher, normalize="none"))
+    return dataclasses.replace(ctx, cfg=new, timings={})
+
+
+def base_store(ctx: QAContext) -> Any:
+    """The start retriever's corpus vectors, exactly as :func:`run_fidkd` caches them (``query_only``)."""
+    from densekd.encoders.dense import resolve_model_path
+    from densekd.teachers.base import fingerprint_file
+
+    start = Path(resolve_model_path(ctx.cfg.retriever.model))
+    weights = start / "model.safetensors"
+    return fidkd.corpus_vectors(ctx, start, fingerprint_file(weights) if weights.is_file() else str(start), "base")
+
+
+def recalls(ctx: QAContext, runs: Path, bm25: Path | None = None) -> dict[str, Any]:
+    """Answer recall of ``runs/dev.trec`` on every dev question, and of ``runs/train.trec`` on the training ones.
+
+    ``bm25``: BM25's runs folder; adds ``fused_with_bm25``, the dev recall of BM25 + this run by
+    reciprocal-rank fusion (top ``eval_depth`` of each; a side result, not the retriever's).
+    """
+    from densekd.index.hybrid import fuse
+
+    eval_queries = {q: ctx.queries[q] for q in ctx.eval_qids}
+    dev_run = load_run(runs / "dev.trec")
+    dev = answer_recall(dev_run, eval_queries, ctx.corpus, KS)
+    k = ctx.cfg.retrieval.k
+    train = answer_recall(load_run(runs / "train.trec"), {q: ctx.queries[q] for q in ctx.train_qids}, ctx.corpus,
+                          sorted({1, k}))
+    out = {**dev, "train": train}
+    if bm25 is not None:
+        fused = fuse([load_run(bm25 / "dev.trec"), dev_run], method="rrf", k=ctx.cfg.retrieval.eval_depth)
+        out["fused_with_bm25"] = answer_recall(fused, eval_queries, ctx.corpus, KS)
+    return out
+
+
+def zeroshot_row(ctx: QAContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The start retriever with no training (query tower = passage tower = MiniLM), same index."""
+    from densekd.encoders.dense import resolve_model_path
+
+    zctx = sub_context(ctx, "zeroshot")
+    model = Path(resolve_model_path(ctx.cfg.retriever.model))
+    store = base_store(zctx)
+    runs, _ = fidkd.retrieve(zctx, 0, (model, cache_key("zeroshot", str(model))), store)
+    return {**recalls(zctx, runs, ctx.out / "iter_0" / "runs"), "query_cosine": query_cosine(zctx, model)}, zctx.timings
+
+
+def gold_row(ctx: QAContext, epochs: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A retriever trained contrastively on the gold paragraphs of the loop's training questions.
+
+    Positive: the question's ``qrels/train.tsv`` paragraph; negatives: BM25's top ``k`` (the loop's
+    ``iter_0/runs/train.trec``) without it, best first, ``k - 1`` of them; every other setting as the loop.
+    """
+    from densekd.data.beir import load_qrels
+    from densekd.mining.negatives import mine_negatives_with_stats
+
+    r = ctx.cfg.retriever
+    temperature = (r.loss.get("kl") or {}).get("student_temperature", 0.05)
+    gctx = sub_context(ctx, "gold", loss={"contrastive": {"weight": 1.0, "temperature": temperature}},
+                       continue_training=False, epochs=epochs)
+    qrels_file = Path(ctx.cfg.data.root) / "qrels" / "train.tsv"
+    train = set(ctx.train_qids)
+    qrels = {q: d for q, d in load_qrels(qrels_file, corpus=ctx.corpus, queries=ctx.queries).items() if q in train}
+    bm25 = load_run(ctx.out / "iter_0" / "runs" / "train.trec")
+    k = ctx.cfg.retrieval.k
+    groups, stats = mine_negatives_with_stats({q: s for q, s in bm25.items() if q in qrels}, qrels,
+                                              n_negatives=k - 1, rank_range=(0, None), sampling="top")
+    key = cache_key("bench-gold-groups-v1", [g.to_json() for g in groups])
+    store = base_store(gctx) if r.train_mode == "query_only" else None
+    model = fidkd.train_retriever(gctx, 0, groups, key, store, None)
+    runs, _ = fidkd.retrieve(gctx, 0, model, store)
+    row = recalls(gctx, runs, ctx.out / "iter_0" / "runs")
+    row["query_cosine"] = query_cosine(gctx, model[0])
+    row["mining"] = stats.as_dict()
+    row["epochs"] = epochs
+    return row, gctx.timings
+
+
+# ----------------------------------------------------------------------------------------- analysis
+def query_cosine(ctx: QAContext, model: Path | str | None, n: int = 200) -> float:
+    """Mean pairwise cosine of ``n`` dev questions' vectors under ``model``'s query tower: a collapse
+    detector (a retriever that maps every question to one direction ranks the same passages for all)."""
+    import numpy as np
+
+    from densekd.encoders.dense import DenseEncoder
+
+    qids = ctx.eval_qids[:: max(1, len(ctx.eval_qids) // n)][:n]
+    v = DenseEncoder.from_pretrained(model).encode_queries([ctx.queries[q].text for q in qids])
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    sim = v @ v.T
+    return float((sim.sum() - np.trace(sim)) / max(len(v) * (len(v) - 1), 1))
+
+
+def label_quality(ctx: QAContext, n: int) -> dict[str, float]:
+    """Training questions of iteration ``n``: how often the reader's favourite of the ``k`` passages it
+    scored holds an answer vs how often the retriever's first one does, and any of the ``k`` (ceiling)."""
+    import json
+
+    groups = [json.loads(line) for line in (ctx.out / f"iter_{n}" / "scores" / "groups.jsonl").read_text().splitlines()]
+    reader_top = retriever_top = any_k = 0
+    for g in groups:
+        answers = ctx.queries[g["qid"]].answers
+        pids = list(g["teacher_scores"])  # stored in retrieval order
+        reader_top += has_answer(ctx.corpus[g["pos_ids"][0]].text, answers)
+        retriever_top += has_answer(ctx.corpus[pids[0]].text, answers)
+        any_k += any(has_answer(ctx.corpus[p].text, answers) for p in pids)
+    m = max(len(groups), 1)
+    return {"reader_top_has_answer": reader_top / m, "retrieved_top_has_answer": retriever_top / m,
+            "any_of_k_has_answer": any_k / m}
+
+
+def goals(bm25: dict[str, float], gold: dict[str, Any] | None, iterations: list[dict[str, Any]]) -> dict[str, Any]:
+    within = iterations[:GOAL_ITERATIONS]
+    best = max((row["answer_recall@1"] for row in within), default=float("nan"))
+    out: dict[str, Any] = {
+        "best_answer_recall@1_within_2_iterations": best,
+        "bm25_plus_5": {"target": bm25["answer_recall@1"] + GOAL_BM25_GAIN, "value": best,
+                        "met": best >= bm25["answer_recall@1"] + GOAL_BM25_GAIN - 1e-12}}
+    if gold is not None:
+        target = GOAL_GOLD_FRACTION * gold["answer_recall@1"]
+        out["90pct_of_gold"] = {"target": target, "value": best, "fraction": best / gold["answer_recall@1"],
+                                "met": best >= target - 1e-12}
+    return out
+
+
+# ----------------------------------------------------------------------------------------- output
+def plot(result: dict[str, Any], path: Path) -> None:
+    its = result["iterations"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    colours = ["#4c72b0", "#dd8452", "#55a868"]
+    xs = [0] + [row["iteration"] for row in its]
+    for name, c in zip(RECALLS, colours):
+        ax1.plot(xs, [result["bm25"][name]] + [row[name] for row in its], marker="o", color=c, label=f"{name}")
+        ax1.axhline(result["bm25"][name], color=c, ls="--", lw=0.9, alpha=0.7)
+        if result.get("gold_trained"):
+            ax1.axhline(result["gold_trained"][name], color=c, ls=":", lw=1.3)
+    ax1.axhline(result["goals"]["bm25_plus_5"]["target"], color="black", lw=0.8, ls="-.", label="goal: BM25 R@1 + 0.05")
+    ax1.set_xticks(xs)
+    ax1.set_xticklabels(["BM25"] + [f"iter {x}" for x in xs[1:]])
+    ax1.set_ylabel("answer recall on squad-open dev (all questions)")
+    ax1.set_title("retriever: loop (solid), BM25 (dashed), gold-trained (dotted)", fontsize=9)
+    ax1.legend(fontsize=7, loc="lower right")
+    for name, c in (("reader_em", "#8172b3"), ("reader_f1", "#937860"), ("top_attention_has_answer", "#c44e52"),
+                    ("train_top_attention_has_answer", "#da8bc3")):
+        ax2.plot([row["iteration"] for row in its], [row[name] for row in its], marker="o", color=c, label=name)
+    ax2.set_xticks([row["iteration"] for row in its])
+    ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("iteration")
+    ax2.set_title(f"reader (dev: {result['questions']['reader_eval']} sampled questions)", fontsize=9)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    q = result["questions"]
+    header = ["system", *[f"R@{k}" for k in KS], "reader EM", "reader F1", "top-attention has answer",
+              "train: reader top has answer", f"train R@1 / R@{result['settings']['k']}", "query cosine"]
+
+    k = result["settings"]["k"]
+
+    def train_recall(row: dict[str, Any]) -> str:
+        t = row.get("train") or {}
+        return f"{t.get('answer_recall@1', float('nan')):.3f} / {t.get(f'answer_recall@{k}', float('nan')):.3f}"
+
+    table = [["bm25", *[result["bm25"][m] for m in RECALLS], "", "", "", "", train_recall(result["bm25"]), ""],
+             ["zero-shot MiniLM", *[result["zeroshot"][m] for m in RECALLS], "", "", "", "",
+              train_recall(result["zeroshot"]), result["zeroshot"]["query_cosine"]]]
+    if result.get("gold_trained"):
+        table.append(["gold-trained (qrels)", *[result["gold_trained"][m] for m in RECALLS], "", "", "", "",
+                      train_recall(result["gold_trained"]), result["gold_trained"]["query_cosine"]])
+    for row in result["iterations"]:
+        table.append([f"iteration {row['iteration']}", *[row[m] for m in RECALLS], row["reader_em"], row["reader_f1"],
+                      row["top_attention_has_answer"], row["train_top_attention_has_answer"], train_recall(row),
+                      row["query_cosine"]])
+    fused_rows = [[name, *[row["fused_with_bm25"][m] for m in RECALLS]] for name, row in
+                  [("zero-shot MiniLM", result["zeroshot"]), ("gold-trained (qrels)", result.get("gold_trained")),
+                   *[(f"iteration {r['iteration']}", r) for r in result["iterations"]]]
+                  if row and "fused_with_bm25" in row]
+    fused = markdown_table(["BM25 + dense run (RRF)", *[f"R@{k}" for k in KS]], fused_rows)
+    g = result["goals"]
+    goal_lines = [f"- answer recall@1 >= BM25 + 0.05 = {g['bm25_plus_5']['target']:.3f} within 2 iterations: "
+                  f"best {g['bm25_plus_5']['value']:.3f} -> **{'met' if g['bm25_plus_5']['met'] else 'not met'}**"]
+    if "90pct_of_gold" in g:
+        goal_lines.append(f"- >= 90 % of the gold-trained retriever's recall@1 ({g['90pct_of_gold']['target']:.3f}): "
+                          f"{g['90pct_of_gold']['fraction']:.1%} -> **{'met' if g['90pct_of_gold']['met'] else 'not met'}**")
+    lq = markdown_table(["iteration", "reader's top of k has answer", "retriever's top of k has answer",
+                         "any of k has answer"],
+                        [[n, v["reader_top_has_answer"], v["retrieved_top_has_answer"], v["any_of_k_has_answer"]]
+                         for n, v in result["label_quality"].items()])
+    times = markdown_table(["stage", "seconds", "reused"],
+                           [[name, f"{t['seconds']:.1f}", "yes" if t.get("cached") else "no"]
+                            for name, t in result["wall_seconds"]["stages"].items()])
+    s = result["settings"]
+    return (f"squad-open: {s['corpus_passages']} paragraphs; "
+            f"{q['train']} training questions (answers only for the loop); answer recall on all {q['eval']} dev "
+            f"questions; reader EM/F1 and top-attention on a seeded sample of {q['reader_eval']} dev questions.\n\n"
+            + markdown_table(header, table)
+            + "\nRow n: retriever n's answer recall; reader n (trained on retriever n-1's top k) answering from "
+              "retriever n's top k. `train: reader top has answer`: on the training questions, the passage the "
+              "reader scored highest among the k it was given holds an answer (the label the retriever learns). "
+              "`train R@1 / R@k`: the same retriever on the training questions. `query cosine`: mean pairwise "
+              "cosine of 200 dev questions' vectors (near 1 = collapsed query tower).\n\n"
+            + "\nSide result, not the retriever's: each dense run fused with BM25's (reciprocal rank, top "
+              f"{s['eval_depth']} of each):\n\n" + fused
+            + "\n## Goals (issue 7)\n\n" + "\n".join(goal_lines) + "\n\n"
+            + "## Label quality on the training questions (the passages each reader scored)\n\n" + lq + "\n"
+            + f"## Settings\n\n- k = {s['k']} passages per question; reader: {s['reader']}\n"
+              f"- teacher: {s['teacher']}\n- retriever: {s['retriever']}\n- gold-trained: contrastive, "
+              f"{result['gold_trained']['epochs'] if result.get('gold_trained') else '-'} epochs, otherwise as the retriever\n\n"
+            + f"## Wall time (total {result['wall_seconds']['total']:.0f} s)\n\n" + times
+            + f"\n![plot]({result['results_name']}.png)\n")
+
+
+# ----------------------------------------------------------------------------------------- main
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    cfg = build_config(args)
+    began = time.perf_counter()
+    stages: dict[str, dict[str, Any]] = {}
+
+    start = time.perf_counter()
+    loop = fidkd.run_fidkd(cfg)  # BM25 + the iterations, through the pipeline (cached in out_dir)
+    stages.update({f"loop/{k}": v for k, v in loop["steps"].items()})
+    stages["loop (total)"] = {"seconds": round(time.perf_counter() - start, 1)}
+
+    ctx = load_qa_context(cfg)
+    bm25 = {**loop["bm25"], **recalls(ctx, ctx.out / "iter_0" / "runs")}
+    extra = [recalls(ctx, ctx.out / f"iter_{row['iteration']}" / "runs", ctx.out / "iter_0" / "runs")
+             for row in loop["iterations"]]
+    iterations = [{**row, "train": e["train"], "fused_with_bm25": e["fused_with_bm25"],
+                   "query_cosine": query_cosine(ctx, ctx.out / f"iter_{row['iteration']}" / "retriever" / "model")}
+                  for row, e in zip(loop["iterations"], extra)]
+
+    start = time.perf_counter()
+    zeroshot, t = zeroshot_row(ctx)
+    stages.update({f"zeroshot/{k}": v for k, v in t.items()})
+    stages["zeroshot (total)"] = {"seconds": round(time.perf_counter() - start, 1)}
+
+    gold = None
+    if not args.no_gold:
+        r = cfg.retriever
+        epochs = args.gold_epochs or (r.epochs * (cfg.iterations if r.continue_training else 1))
+        if r.max_steps > 0:
+            epochs = r.epochs
+        start = time.perf_counter()
+        gold, t = gold_row(ctx, epochs)
+        stages.update({f"gold/{k}": v for k, v in t.items()})
+        stages["gold (total)"] = {"seconds": round(time.perf_counter() - start, 1)}
+        log.info("gold-trained: %s", {m: round(gold[m], 3) for m in RECALLS})
+
+    result = {
+        "bm25": bm25, "zeroshot": zeroshot, "gold_trained": gold, "iterations": iterations,
+        "questions": loop["questions"],
+        "label_quality": {row["iteration"]: label_quality(ctx, row["iteration"]) for row in iterations},
+        "goals": goals(bm25, gold, iterations),
+        "notes": [f"answer recall: all {loop['questions']['eval']} dev questions; reader EM/F1 and "
+                  f"top_attention_has_answer: a seeded sample of {loop['questions']['reader_eval']} of them",
+                  "no passage label is read by the loop; gold_trained reads qrels/train.tsv of the same training questions"],
+        "settings": {"k": cfg.retrieval.k, "eval_depth": cfg.retrieval.eval_depth, "iterations": cfg.iterations, "data_root": cfg.data.root,
+                     "corpus_passages": len(ctx.corpus), "reader": dataclasses.asdict(cfg.reader),
+                     "teacher": dataclasses.asdict(cfg.teacher), "retriever": dataclasses.asdict(cfg.retriever),
+                     "overrides": (SMOKE_SETTINGS if args.smoke else []) + args.overrides, "output_dir": cfg.output_dir},
+        "wall_seconds": {"total": round(time.perf_counter() - began, 1), "stages": stages},
+        "results_name": args.results_name,
+        "provenance": provenance(),
+    }
+    results_dir = Path(args.results_dir) if args.results_dir else RESULTS / "smoke" if args.smoke else RESULTS
+    results_dir.mkdir(parents=True, exist_ok=True)
+    plot(result, results_dir / f"{args.results_name}.png")
+    path = write_results(args.results_name, result, markdown(result), results_dir)
+    print(markdown(result).split("## Goals")[0])
+    print(f"goals: {result['goals']}\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
