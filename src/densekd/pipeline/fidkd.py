@@ -107,14 +107,10 @@ def train_reader(ctx: QAContext, n: int, runs: tuple[Path, str], previous: tuple
         start = str(start_from[0]) if start_from else rc.model
         reader = FiDReader.from_pretrained(start, **args.reader_overrides())
         trainer = ReaderTrainer(reader, args, train_dataset=ReaderDataset(examples, seed=rc.seed))
-        resume = steps.resume_checkpoint(checkpoints, "reader")
-        began = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume)
+        summary = steps.train_resumable(trainer, checkpoints, "reader", out)
         reader.save_pretrained(out / "model")
-        write_json(out / "log_history.json", trainer.state.log_history)
-        return {"train_seconds": round(time.perf_counter() - began, 1), "steps": trainer.state.global_step,
-                "questions": len(examples), "start": str(start), "passages_from": str(runs[0]),
-                **({"resumed_from": Path(resume).name} if resume else {})}
+        del summary["steps_this_run"]
+        return {**summary, "questions": len(examples), "start": str(start), "passages_from": str(runs[0])}
 
     folder = ctx.out / f"iter_{n}" / "reader"
     ctx.step(f"iter_{n}/reader", folder, compute, key, {"reader": settings, "passages_from": str(runs[0])})
@@ -217,13 +213,10 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
                                     negative_sampling="top")
         trainer = DistillTrainer(model=encoder, args=args, train_dataset=dataset,
                                  passage_embeddings=base_store if s.train_mode == "query_only" else None)
-        resume = steps.resume_checkpoint(checkpoints, "retriever")
-        began = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume)
+        summary = steps.train_resumable(trainer, checkpoints, "retriever", out)
         encoder.save_pretrained(out / "model")
-        write_json(out / "log_history.json", trainer.state.log_history)
-        return {"train_seconds": round(time.perf_counter() - began, 1), "steps": trainer.state.global_step,
-                "start": str(start), **({"resumed_from": Path(resume).name} if resume else {})}
+        del summary["steps_this_run"]
+        return {**summary, "start": str(start)}
 
     folder = ctx.out / f"iter_{n}" / "retriever"
     ctx.step(f"iter_{n}/retriever", folder, compute, key, {"retriever": settings, "normalize": normalize})

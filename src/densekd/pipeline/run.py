@@ -87,17 +87,10 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
                                                    if s.train_mode == "query_only" else None))
         trainer = DistillTrainer(model=encoder, args=args, train_dataset=dataset, callbacks=callbacks,
                                  passage_embeddings=_passage_table(ctx, s, store))
-        resume = steps.resume_checkpoint(checkpoints, "student")
-        start = time.perf_counter()
-        trainer.train(resume_from_checkpoint=resume)
-        seconds = time.perf_counter() - start
+        summary = steps.train_resumable(trainer, checkpoints, "student", out)
         encoder.save_pretrained(out / "model")
-        write_json(out / "log_history.json", trainer.state.log_history)
-        done_before = int(Path(resume).name.rpartition("-")[2]) if resume else 0  # checkpoint-<global step>
-        n = (trainer.state.global_step - done_before) * s.batch_size  # this process's steps only
-        summary = {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
-                   "queries_per_s": round(n / seconds, 2)}
-        return {**summary, "resumed_from": Path(resume).name} if resume else summary
+        n = summary.pop("steps_this_run") * s.batch_size  # this process's steps only
+        return {**summary, "queries_per_s": round(n / summary["train_seconds"], 2)}
 
     start = time.perf_counter()
     summary, reused = cached_step(folder, compute, {"student": settings}, key=key)

@@ -166,6 +166,24 @@ def resume_checkpoint(folder: Path, step: str) -> str | None:
     return str(latest)
 
 
+def train_resumable(trainer: Any, checkpoints: Path, step: str, out: Path) -> dict[str, Any]:
+    """Run ``trainer.train()``, resuming from the newest complete checkpoint in ``checkpoints``, and
+    write its ``log_history.json`` into ``out``.
+
+    Returns the summary every pipeline training records: ``train_seconds`` (this process only),
+    ``steps`` (the final global step), ``steps_this_run`` and, after a resume, ``resumed_from``.
+    """
+    resume = resume_checkpoint(checkpoints, step)
+    done_before = int(Path(resume).name.rpartition("-")[2]) if resume else 0  # checkpoint-<global step>
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    write_json(out / "log_history.json", trainer.state.log_history)
+    summary = {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
+               "steps_this_run": trainer.state.global_step - done_before}
+    return {**summary, "resumed_from": Path(resume).name} if resume else summary
+
+
 def training_args(save_steps: int, checkpoints: Path) -> dict[str, Any]:
     """``TrainingArguments`` fields of a pipeline training: checkpoints every ``save_steps`` (0 = none)."""
     if save_steps > 0:
