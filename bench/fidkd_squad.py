@@ -25,6 +25,12 @@ answerable queries outside the dev split, sampled by ``data.max_train_queries``;
   ``iterations`` when ``retriever.continue_training``), then indexed and evaluated by the same
   :func:`~densekd.pipeline.fidkd.retrieve`.
 
+* ``answer_oracle_teacher`` (control): iteration 1's retriever step with the reader's scores replaced
+  by 1 / 0 = "the passage holds an answer string" (answers only): what a perfect reader would hand the
+  retriever, which separates the reader's share of the result from the retriever training's.
+* Side results: every dense run fused with BM25 (reciprocal rank), and ``query_cosine`` (mean pairwise
+  cosine of dev question vectors: near 1 = a collapsed query tower).
+
 Goals (issue 7): the loop's answer recall@1 >= BM25's + 0.05 within 2 iterations, and >= 90 % of the
 gold-trained retriever's recall@1. Also reported, to explain the result: the same recalls on the
 training questions (what the retriever was fitted to) and how often the reader's top-scored passage
@@ -89,7 +95,8 @@ def parse_args() -> argparse.Namespace:
                     help="epochs of the gold-trained retriever (default: as many as the loop's last retriever saw)")
     ap.add_argument("--no-gold", action="store_true", help="skip the gold-trained retriever (probes)")
     ap.add_argument("--results-name", default=NAME, help="bench/results/<name>.{json,md,png}")
-    ap.add_argument("--results-dir", default=None, help="where the results go (default bench/results, smoke: .../smoke)")
+    ap.add_argument("--results-dir", default=None,
+                    help="where the results go (default bench/results; smoke: bench/results/smoke)")
     ap.add_argument("--smoke", action="store_true", help="tiny settings on a data subset, bench/results/smoke/")
     return ap.parse_args()
 
@@ -128,7 +135,8 @@ def make_smoke_data(src: Path, out: Path, n_dev: int = 20, n_train: int = 16, n_
 def sub_context(ctx: QAContext, name: str, **retriever: Any) -> QAContext:
     """``ctx`` writing into ``output_dir/<name>`` with retriever settings replaced (own timing log)."""
     cfg = ctx.cfg
-    new = dataclasses.replace(cfg, output_dir=str(ctx.out / name), retriever=dataclasses.replace(cfg.retriever, **retriever),
+    new = dataclasses.replace(cfg, output_dir=str(ctx.out / name),
+                              retriever=dataclasses.replace(cfg.retriever, **retriever),
                               teacher=dataclasses.replace(cfg.teacher, normalize="none"))
     return dataclasses.replace(ctx, cfg=new, timings={})
 
@@ -206,6 +214,34 @@ def gold_row(ctx: QAContext, epochs: float) -> tuple[dict[str, Any], dict[str, A
     return row, gctx.timings
 
 
+def oracle_row(ctx: QAContext, base: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Control: iteration 1's retriever training with a perfect *answer* teacher instead of the reader.
+
+    Each training question's BM25 top ``k`` (the passages reader 1 scored) get score 1 when they hold
+    an answer string, else 0 (DPR's distant supervision: answers only, no qrels); then exactly the
+    loop's retriever step (same loss, ``teacher.normalize``, epochs, lr, batch, mode). It separates
+    the reader's share of the result from the retriever training's.
+    """
+    from densekd.data.types import TrainGroup
+
+    run = load_run(ctx.out / "iter_0" / "runs" / "train.trec")
+    groups = []
+    for qid in ctx.train_qids:
+        scores = {p.id: float(has_answer(p.text, ctx.queries[qid].answers)) for p in ctx.passages(run, qid)}
+        if scores:
+            best = max(scores, key=scores.get)
+            groups.append(TrainGroup(qid, [best], [p for p in scores if p != best], scores))
+    octx = sub_context(ctx, "answer_oracle", continue_training=False)
+    octx = dataclasses.replace(octx, cfg=dataclasses.replace(octx.cfg, teacher=ctx.cfg.teacher))
+    model = fidkd.train_retriever(octx, 0, groups, cache_key("bench-answer-oracle-v1", [g.to_json() for g in groups]),
+                                  base, None)
+    runs, _ = fidkd.retrieve(octx, 0, model, base)
+    row = recalls(octx, runs, ctx.out / "iter_0" / "runs")
+    row["query_cosine"] = query_cosine(octx, model[0])
+    row["teacher_top_has_answer"] = sum(g.teacher_scores[g.pos_ids[0]] for g in groups) / max(len(groups), 1)
+    return row, octx.timings
+
+
 # ----------------------------------------------------------------------------------------- analysis
 def query_cosine(ctx: QAContext, model: Path | str | None, n: int = 200) -> float:
     """Mean pairwise cosine of ``n`` dev questions' vectors under ``model``'s query tower: a collapse
@@ -264,6 +300,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax1.axhline(result["bm25"][name], color=c, ls="--", lw=0.9, alpha=0.7)
         if result.get("gold_trained"):
             ax1.axhline(result["gold_trained"][name], color=c, ls=":", lw=1.3)
+    ax1.axhline(result["zeroshot"]["answer_recall@1"], color="grey", ls="--", lw=0.9, label="zero-shot MiniLM R@1")
     ax1.axhline(result["goals"]["bm25_plus_5"]["target"], color="black", lw=0.8, ls="-.", label="goal: BM25 R@1 + 0.05")
     ax1.set_xticks(xs)
     ax1.set_xticklabels(["BM25"] + [f"iter {x}" for x in xs[1:]])
@@ -300,12 +337,16 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("gold_trained"):
         table.append(["gold-trained (qrels)", *[result["gold_trained"][m] for m in RECALLS], "", "", "", "",
                       train_recall(result["gold_trained"]), result["gold_trained"]["query_cosine"]])
+    o = result["answer_oracle_teacher"]
+    table.append(["control: answer-oracle teacher", *[o[m] for m in RECALLS], "", "", "", o["teacher_top_has_answer"],
+                  train_recall(o), o["query_cosine"]])
     for row in result["iterations"]:
         table.append([f"iteration {row['iteration']}", *[row[m] for m in RECALLS], row["reader_em"], row["reader_f1"],
                       row["top_attention_has_answer"], row["train_top_attention_has_answer"], train_recall(row),
                       row["query_cosine"]])
     fused_rows = [[name, *[row["fused_with_bm25"][m] for m in RECALLS]] for name, row in
                   [("zero-shot MiniLM", result["zeroshot"]), ("gold-trained (qrels)", result.get("gold_trained")),
+                   ("control: answer-oracle teacher", result["answer_oracle_teacher"]),
                    *[(f"iteration {r['iteration']}", r) for r in result["iterations"]]]
                   if row and "fused_with_bm25" in row]
     fused = markdown_table(["BM25 + dense run (RRF)", *[f"R@{k}" for k in KS]], fused_rows)
@@ -314,7 +355,8 @@ def markdown(result: dict[str, Any]) -> str:
                   f"best {g['bm25_plus_5']['value']:.3f} -> **{'met' if g['bm25_plus_5']['met'] else 'not met'}**"]
     if "90pct_of_gold" in g:
         goal_lines.append(f"- >= 90 % of the gold-trained retriever's recall@1 ({g['90pct_of_gold']['target']:.3f}): "
-                          f"{g['90pct_of_gold']['fraction']:.1%} -> **{'met' if g['90pct_of_gold']['met'] else 'not met'}**")
+                          f"{g['90pct_of_gold']['fraction']:.1%} -> "
+                          f"**{'met' if g['90pct_of_gold']['met'] else 'not met'}**")
     lq = markdown_table(["iteration", "reader's top of k has answer", "retriever's top of k has answer",
                          "any of k has answer"],
                         [[n, v["reader_top_has_answer"], v["retrieved_top_has_answer"], v["any_of_k_has_answer"]]
@@ -331,14 +373,17 @@ def markdown(result: dict[str, Any]) -> str:
               "retriever n's top k. `train: reader top has answer`: on the training questions, the passage the "
               "reader scored highest among the k it was given holds an answer (the label the retriever learns). "
               "`train R@1 / R@k`: the same retriever on the training questions. `query cosine`: mean pairwise "
-              "cosine of 200 dev questions' vectors (near 1 = collapsed query tower).\n\n"
+              "cosine of 200 dev questions' vectors (near 1 = collapsed query tower). `control: answer-oracle "
+              "teacher`: iteration 1's retriever step with the reader's scores replaced by 1 / 0 = the passage "
+              "holds an answer string (answers only, no qrels): what a perfect reader would hand the retriever.\n\n"
             + "\nSide result, not the retriever's: each dense run fused with BM25's (reciprocal rank, top "
               f"{s['eval_depth']} of each):\n\n" + fused
             + "\n## Goals (issue 7)\n\n" + "\n".join(goal_lines) + "\n\n"
             + "## Label quality on the training questions (the passages each reader scored)\n\n" + lq + "\n"
             + f"## Settings\n\n- k = {s['k']} passages per question; reader: {s['reader']}\n"
               f"- teacher: {s['teacher']}\n- retriever: {s['retriever']}\n- gold-trained: contrastive, "
-              f"{result['gold_trained']['epochs'] if result.get('gold_trained') else '-'} epochs, otherwise as the retriever\n\n"
+              f"{result['gold_trained']['epochs'] if result.get('gold_trained') else '-'} epochs, "
+              "otherwise as the retriever\n\n"
             + f"## Wall time (total {result['wall_seconds']['total']:.0f} s)\n\n" + times
             + f"\n![plot]({result['results_name']}.png)\n")
 
@@ -369,6 +414,11 @@ def main() -> None:
     stages.update({f"zeroshot/{k}": v for k, v in t.items()})
     stages["zeroshot (total)"] = {"seconds": round(time.perf_counter() - start, 1)}
 
+    start = time.perf_counter()
+    oracle, t = oracle_row(ctx, base_store(ctx) if cfg.retriever.train_mode == "query_only" else None)
+    stages.update({f"answer_oracle/{k}": v for k, v in t.items()})
+    stages["answer_oracle (total)"] = {"seconds": round(time.perf_counter() - start, 1)}
+
     gold = None
     if not args.no_gold:
         r = cfg.retriever
@@ -383,16 +433,20 @@ def main() -> None:
 
     result = {
         "bm25": bm25, "zeroshot": zeroshot, "gold_trained": gold, "iterations": iterations,
+        "answer_oracle_teacher": oracle,
         "questions": loop["questions"],
         "label_quality": {row["iteration"]: label_quality(ctx, row["iteration"]) for row in iterations},
         "goals": goals(bm25, gold, iterations),
         "notes": [f"answer recall: all {loop['questions']['eval']} dev questions; reader EM/F1 and "
                   f"top_attention_has_answer: a seeded sample of {loop['questions']['reader_eval']} of them",
-                  "no passage label is read by the loop; gold_trained reads qrels/train.tsv of the same training questions"],
-        "settings": {"k": cfg.retrieval.k, "eval_depth": cfg.retrieval.eval_depth, "iterations": cfg.iterations, "data_root": cfg.data.root,
+                  "no passage label is read by the loop; gold_trained reads qrels/train.tsv of the same "
+                  "training questions"],
+        "settings": {"k": cfg.retrieval.k, "eval_depth": cfg.retrieval.eval_depth, "iterations": cfg.iterations,
+                     "data_root": cfg.data.root,
                      "corpus_passages": len(ctx.corpus), "reader": dataclasses.asdict(cfg.reader),
                      "teacher": dataclasses.asdict(cfg.teacher), "retriever": dataclasses.asdict(cfg.retriever),
-                     "overrides": (SMOKE_SETTINGS if args.smoke else []) + args.overrides, "output_dir": cfg.output_dir},
+                     "overrides": (SMOKE_SETTINGS if args.smoke else []) + args.overrides,
+                     "output_dir": cfg.output_dir},
         "wall_seconds": {"total": round(time.perf_counter() - began, 1), "stages": stages},
         "results_name": args.results_name,
         "provenance": provenance(),

@@ -118,3 +118,66 @@ def test_teacher_gets_no_gradient():
 def test_missing_teacher_raises():
     with pytest.raises(ValueError, match="teacher"):
         KLDistillation()(ScoreBatch(student=torch.zeros(2, 3)))
+
+
+# ----------------------------------------------------------------------------- in-batch variant
+def _in_batch_matrix(student: torch.Tensor) -> torch.Tensor:
+    """``[B, B*G]`` in-batch scores whose own-group block equals ``student`` (others random)."""
+    b, g = student.shape
+    torch.manual_seed(0)
+    full = torch.randn(b, b * g)
+    for i in range(b):
+        full[i, i * g:(i + 1) * g] = student[i]
+    return full
+
+
+def test_in_batch_kl_with_one_query_equals_group_kl():
+    student, teacher = torch.tensor(STUDENT[:1]), torch.tensor(TEACHER[:1])
+    a = KLDistillation(use_in_batch=True)(ScoreBatch(student=student, teacher=teacher, in_batch=student))["kl"]
+    b = kl_distillation_loss(student, teacher)
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
+
+
+def test_in_batch_kl_is_at_least_group_kl():
+    student, teacher = torch.tensor(STUDENT), torch.tensor(TEACHER)
+    batch = ScoreBatch(student=student, teacher=teacher, in_batch=_in_batch_matrix(student))
+    in_batch = KLDistillation(use_in_batch=True)(batch)["kl"].item()
+    group = KLDistillation(use_in_batch=False)(batch)["kl"].item()
+    assert in_batch > group + 1e-3  # other queries' passages take student mass the teacher gives none
+
+
+def test_in_batch_kl_sees_a_collapsed_query_tower():
+    # every query scores every passage alike (a collapsed query tower) and matches the teacher inside its
+    # group: the group KL is 0, the in-batch KL is exactly log(B) (1/B of the mass on the own group)
+    b, g = 4, 3
+    teacher = torch.tensor([[2.0, 0.5, -1.0]]).repeat(b, 1)
+    student = teacher.clone()
+    in_batch = teacher[0].repeat(b, b)  # [B, B*G]: row i = the same G scores tiled B times
+    batch = ScoreBatch(student=student, teacher=teacher, in_batch=in_batch)
+    assert KLDistillation()(batch)["kl"].item() == pytest.approx(0.0, abs=1e-6)
+    assert KLDistillation(use_in_batch=True)(batch)["kl"].item() == pytest.approx(math.log(b), abs=1e-5)
+
+
+def test_in_batch_kl_pushes_other_queries_passages_down_only():
+    student, teacher = torch.tensor(STUDENT), torch.tensor(TEACHER)
+    in_batch = _in_batch_matrix(student).requires_grad_(True)
+    KLDistillation(use_in_batch=True)(ScoreBatch(student=student, teacher=teacher, in_batch=in_batch))["kl"].backward()
+    g = student.shape[1]
+    for i in range(student.shape[0]):
+        others = torch.cat([in_batch.grad[i, :i * g], in_batch.grad[i, (i + 1) * g:]])
+        assert (others > 0).all()  # descending the gradient lowers every foreign passage's score
+
+
+def test_in_batch_kl_respects_padding_masks():
+    student, teacher = torch.tensor(STUDENT), torch.tensor(TEACHER)
+    in_batch = _in_batch_matrix(student)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    col_mask = mask.reshape(-1)
+    a = KLDistillation(use_in_batch=True)(ScoreBatch(student=student, teacher=teacher, in_batch=in_batch,
+                                                     mask=mask, in_batch_mask=col_mask))["kl"]
+    # a padded column's score must not matter
+    in_batch2 = in_batch.clone()
+    in_batch2[:, 2] = 100.0
+    b = KLDistillation(use_in_batch=True)(ScoreBatch(student=student, teacher=teacher, in_batch=in_batch2,
+                                                     mask=mask, in_batch_mask=col_mask))["kl"]
+    assert torch.isfinite(a) and a.item() == pytest.approx(b.item(), abs=1e-6)

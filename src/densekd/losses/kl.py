@@ -2,15 +2,26 @@
 
 Units: ``student`` and ``teacher`` are raw scores (logits) over the same ``[B, G]`` candidates; the
 teacher's become probabilities only here, via ``softmax(teacher / teacher_temperature)``.
+
+In-batch variant (``use_in_batch``): the student's softmax runs over *every* passage of the batch
+(``ScoreBatch.in_batch[B, N]``), the teacher's over the query's own group, and the teacher puts
+probability 0 on the other queries' passages. The group-only KL is blind to the scores of passages
+outside the group, so a query tower can satisfy it while mapping every question to nearly the same
+vector (seen in the reader -> retriever loop, where each group is the question's own retrieved top k);
+the in-batch form adds ``log sum_all exp(s / Ts) - log sum_group exp(s / Ts)``, which such a collapse
+makes large. Another query's copy of a shared passage counts as a negative there, as in DPR's
+in-batch negatives.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from densekd.losses._common import (
     check_teacher,
     check_temperature,
+    masked_log_softmax,
     soft_cross_entropy_terms,
     weighted_mean,
 )
@@ -77,6 +88,57 @@ def kl_distillation_loss(
     return loss * student_temperature**2 if scale_by_t2 else loss
 
 
+def kl_in_batch_loss(
+    in_batch: Tensor,
+    teacher: Tensor,
+    own_columns: Tensor,
+    *,
+    student_temperature: float = 1.0,
+    teacher_temperature: float = 1.0,
+    scale_by_t2: bool = True,
+    mask: Tensor | None = None,
+    in_batch_mask: Tensor | None = None,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """KL from the teacher's group distribution to the student's softmax over the whole batch.
+
+    ``sum_j p_ij (log p_ij - log q_i[own_columns_ij])`` with ``p = softmax(teacher / Tt)`` over the
+    group and ``q = softmax(in_batch / Ts)`` over all ``N`` columns; batchmean, as
+    :func:`kl_distillation_loss`, which it equals when ``N = G`` (one query, no other passages).
+
+    Parameters
+    ----------
+    in_batch
+        ``[B, N]`` raw student scores of each query against every passage of the batch.
+    teacher
+        ``[B, G]`` raw teacher logits of each query's own group (detached).
+    own_columns
+        ``[B, G]`` long, the ``in_batch`` column of each group candidate.
+    mask
+        ``[B, G]`` bool, ``False`` = padded candidate.
+    in_batch_mask
+        ``[N]`` bool, ``False`` = padded column (never part of any softmax).
+    weights
+        ``[B]`` non-negative instance weights or ``None``.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss, ``>= 0``.
+    """
+    log_q_all = masked_log_softmax(in_batch.float() / student_temperature, in_batch_mask)
+    log_q = log_q_all.gather(1, own_columns)
+    log_p = masked_log_softmax(teacher.detach().float() / teacher_temperature, mask)
+    p = log_p.exp()
+    if mask is not None:
+        p = p.masked_fill(~mask, 0.0)
+        log_p, log_q = log_p.masked_fill(~mask, 0.0), log_q.masked_fill(~mask, 0.0)
+    per_row = (p * (log_p - log_q)).sum(dim=-1)
+    valid = None if mask is None else mask.any(dim=-1)
+    loss = weighted_mean(per_row, weights, valid)
+    return loss * student_temperature**2 if scale_by_t2 else loss
+
+
 class KLDistillation(nn.Module):
     """Listwise KL from teacher to student; component ``"kl"``. Needs ``ScoreBatch.teacher``.
 
@@ -88,19 +150,32 @@ class KLDistillation(nn.Module):
         ``Tt``, divides the teacher logits; larger = flatter target.
     scale_by_t2
         Multiply the loss by ``Ts ** 2`` (see :func:`kl_distillation_loss`).
+    use_in_batch
+        Student softmax over every passage of the batch (:func:`kl_in_batch_loss`) when
+        ``ScoreBatch.in_batch`` is present; default ``False``: over the group only (the paper's form).
     """
 
     def __init__(
-        self, student_temperature: float = 1.0, teacher_temperature: float = 1.0, scale_by_t2: bool = True
+        self, student_temperature: float = 1.0, teacher_temperature: float = 1.0, scale_by_t2: bool = True,
+        use_in_batch: bool = False,
     ) -> None:
         super().__init__()
         self.student_temperature = check_temperature(student_temperature, "student_temperature")
         self.teacher_temperature = check_temperature(teacher_temperature, "teacher_temperature")
         self.scale_by_t2 = bool(scale_by_t2)
+        self.use_in_batch = bool(use_in_batch)
 
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Return ``{"kl": scalar}``."""
         teacher = check_teacher(scores.teacher, scores.student, "KLDistillation")
+        if self.use_in_batch and scores.in_batch is not None:
+            offsets = torch.arange(scores.group_size, device=teacher.device)
+            own = scores.positive_columns()[:, None] + offsets[None, :]
+            loss = kl_in_batch_loss(
+                scores.in_batch, teacher, own, student_temperature=self.student_temperature,
+                teacher_temperature=self.teacher_temperature, scale_by_t2=self.scale_by_t2, mask=scores.mask,
+                in_batch_mask=scores.in_batch_mask, weights=scores.weights)
+            return {"kl": loss}
         loss = kl_distillation_loss(
             scores.student,
             teacher,
@@ -115,5 +190,6 @@ class KLDistillation(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"student_temperature={self.student_temperature}, "
-            f"teacher_temperature={self.teacher_temperature}, scale_by_t2={self.scale_by_t2}"
+            f"teacher_temperature={self.teacher_temperature}, scale_by_t2={self.scale_by_t2}, "
+            f"use_in_batch={self.use_in_batch}"
         )
