@@ -17,18 +17,14 @@ Cache layout (``cfg.cache_dir``), one folder per step output, keyed by what it d
 Student outputs live in ``cfg.output_dir`` (they are what a run is for); the student folder is reused
 when its ``DONE.json`` records the same key.
 
-Resuming a killed training: the step folders are wiped when unfinished (a half-written output is never
-taken as complete), so training checkpoints live *next to* them, in a folder named by the same cache key
-(:func:`checkpoint_folder`). A rerun with the same key resumes from the newest complete checkpoint
-(:func:`resume_checkpoint`); the HF Trainer restores optimizer, scheduler, RNG states and the data
-position, so the result equals an uninterrupted run. ``save_steps`` is not in the key.
+Resuming a killed training: :mod:`densekd.pipeline.checkpoints` (checkpoints live next to the step
+folders, keyed like them; a rerun resumes from the newest complete one).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +36,13 @@ from densekd.data.trec import load_run, write_run
 from densekd.data.types import Corpus, Qrels, Queries, Run, TrainGroup
 from densekd.eval.metrics import evaluate
 from densekd.pipeline.cache import cache_key, cached_step, file_digest
+from densekd.pipeline.checkpoints import (  # noqa: F401 (re-exported: steps.train_resumable etc.)
+    checkpoint_folder,
+    drop_checkpoints,
+    resume_checkpoint,
+    train_resumable,
+    training_args,
+)
 from densekd.pipeline.config import PipelineConfig
 
 log = logging.getLogger(__name__)
@@ -131,75 +134,6 @@ def mine(ctx: Context, train_run: Run, bm25_key: str) -> tuple[list[TrainGroup],
     ctx.record("mine", start, reused)
     with open(folder / "groups.jsonl", encoding="utf-8") as f:
         return [TrainGroup.from_json(json.loads(line)) for line in f], key
-
-
-def checkpoint_folder(root: Path, step: str, key: str) -> Path:
-    """Where the training ``step`` with cache key ``key`` writes its checkpoints: ``root/checkpoints/step/key``.
-
-    Outside the step's own folder, which :func:`~densekd.pipeline.cache.cached_step` wipes while it is
-    unfinished; keyed like it, so only a rerun of the very same training resumes from them.
-    """
-    return root / "checkpoints" / step / key
-
-
-def resume_checkpoint(folder: Path, step: str) -> str | None:
-    """The newest complete HF ``checkpoint-N`` in ``folder`` (``None``: train from scratch).
-
-    A checkpoint is complete once its ``trainer_state.json`` (written last by the Trainer) parses; an
-    incomplete one (killed while saving) is deleted so the Trainer's rotation never keeps it.
-    """
-    complete: list[tuple[int, Path]] = []
-    for ckpt in sorted(folder.glob("checkpoint-*")) if folder.is_dir() else []:
-        number = ckpt.name.rpartition("-")[2]
-        try:
-            json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            log.warning("%s: discarding incomplete checkpoint %s", step, ckpt.name)
-            shutil.rmtree(ckpt, ignore_errors=True)
-            continue
-        if number.isdigit():
-            complete.append((int(number), ckpt))
-    if not complete:
-        return None
-    latest = max(complete)[1]
-    log.info("%s: resuming training from %s", step, latest.name)
-    return str(latest)
-
-
-def train_resumable(trainer: Any, checkpoints: Path, step: str, out: Path) -> dict[str, Any]:
-    """Run ``trainer.train()``, resuming from the newest complete checkpoint in ``checkpoints``, and
-    write its ``log_history.json`` into ``out``.
-
-    Returns the summary every pipeline training records: ``train_seconds`` (this process only),
-    ``steps`` (the final global step), ``steps_this_run`` and, after a resume, ``resumed_from``.
-    """
-    resume = resume_checkpoint(checkpoints, step)
-    done_before = int(Path(resume).name.rpartition("-")[2]) if resume else 0  # checkpoint-<global step>
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - start
-    write_json(out / "log_history.json", trainer.state.log_history)
-    summary = {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
-               "steps_this_run": trainer.state.global_step - done_before}
-    return {**summary, "resumed_from": Path(resume).name} if resume else summary
-
-
-def training_args(save_steps: int, checkpoints: Path) -> dict[str, Any]:
-    """``TrainingArguments`` fields of a pipeline training: checkpoints every ``save_steps`` (0 = none)."""
-    if save_steps > 0:
-        return {"output_dir": str(checkpoints), "save_strategy": "steps", "save_steps": save_steps,
-                "save_total_limit": 1}
-    return {"output_dir": str(checkpoints), "save_strategy": "no"}
-
-
-def drop_checkpoints(folder: Path) -> None:
-    """Delete a finished training's checkpoint folder and its parents left empty."""
-    shutil.rmtree(folder, ignore_errors=True)
-    for parent in (folder.parent, folder.parent.parent):
-        try:
-            parent.rmdir()
-        except OSError:  # not empty (other trainings' checkpoints) or already gone
-            break
 
 
 TEACHER_TRAINING_FIELDS = ("model", "epochs", "max_steps", "learning_rate", "warmup_ratio", "batch_size",
