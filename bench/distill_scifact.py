@@ -10,9 +10,11 @@ Rows (SciFact dev, nDCG@10, MRR@10, R@100, MAP):
 
 * ``bm25``: the pipeline's cached BM25 run (bm25s, stemmer + stopwords).
 * ``zeroshot``: all-MiniLM-L6-v2 as is (cached corpus embeddings).
-* ``teacher_rerank``: the cross-encoder teacher reranking BM25's top ``--rerank-depth`` (BM25's order
-  below it, so R@100 is comparable). Distillation figures count only when it beats BM25 on nDCG@10;
-  otherwise the JSON carries ``distillation_figures_count: false`` and a ``warning``.
+* ``teacher_rerank``: the teacher signal the students are distilled from (``teacher.fusion``: the
+  cross-encoder's logits, fused with BM25 / dense scores when configured) reranking BM25's top
+  ``--rerank-depth`` (BM25's order below it, so R@100 is comparable). Distillation figures count only
+  when it beats BM25 on nDCG@10; otherwise the JSON carries ``distillation_figures_count: false`` and a
+  ``warning``. With a fused signal, ``teacher_rerank_cross_encoder`` is the cross-encoder alone.
 * ``contrastive``, ``kl_kd``, ``margin_mse_kd``: densekd students, each trained from MiniLM through the
   pipeline's ``train_student`` (own output folder, cached on its key) with the same batch size, group
   size, steps, max lengths, learning rate, warm-up and seed; losses ``{"contrastive": {}}`` on the mined
@@ -82,8 +84,8 @@ from densekd.pipeline.config import PipelineConfig  # noqa: E402
 from densekd.pipeline.run import train_student  # noqa: E402
 
 NAME = "distill_scifact"
-ROW_ORDER = ["bm25", "zeroshot", "teacher_rerank", "contrastive", "kl_kd", "st_kl_kd", "margin_mse_kd",
-             "st_margin_mse_kd"]
+ROW_ORDER = ["bm25", "zeroshot", "teacher_rerank", "teacher_rerank_cross_encoder", "contrastive", "kl_kd", "st_kl_kd",
+             "margin_mse_kd", "st_margin_mse_kd"]
 #: densekd's cheap mode (no sentence-transformers counterpart): query tower trained, passage vectors frozen
 QUERY_ONLY_ROWS = ["contrastive_query_only", "kl_kd_query_only", "margin_mse_kd_query_only"]
 SMOKE_ROOT = Path(tempfile.gettempdir()) / "densekd-bench-smoke"
@@ -190,20 +192,24 @@ def prepare(cfg: PipelineConfig) -> Prepared:
 
 # ------------------------------------------------------------------------------- baseline rows
 def baseline_rows(p: Prepared) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
-    """BM25, zero-shot and teacher-rerank metrics; their wall times; the teacher's fused-signal metrics."""
+    """BM25, zero-shot and teacher-rerank metrics; their wall times; which teacher signal was distilled."""
     ctx = p.ctx
     ce_run = steps.teacher_dev_run(ctx, p.scorer, p.eval_run, p.bm25_key)
+    fused = any(w > 0 for k, w in ctx.cfg.teacher.fusion.items() if k != "cross_encoder")
     teacher = steps.teacher_dev_metrics(ctx, ce_run, p.eval_run, p.base_encoder, p.zero_shot_store)
     rows = {"bm25": evaluate(p.eval_run, ctx.eval_qrels, steps.METRICS),
             "zeroshot": evaluate(steps.dense_run(p.base_encoder, p.zero_shot_store, ctx), ctx.eval_qrels,
                                  steps.METRICS),
-            "teacher_rerank": teacher["cross_encoder"]}
+            # the signal the students learn from; the cross-encoder alone beside it when fused
+            "teacher_rerank": teacher["fused"] if fused else teacher["cross_encoder"]}
+    if fused:
+        rows["teacher_rerank_cross_encoder"] = teacher["cross_encoder"]
     t = ctx.timings
     wall = {"bm25": {"seconds": t["bm25"]["seconds"], "cached": t["bm25"]["cached"]},
             "zeroshot": {"encode_seconds": t["encode:zeroshot"]["seconds"], "cached": t["encode:zeroshot"]["cached"]},
             "teacher_rerank": {"rerank_seconds": t["teacher-dev"]["seconds"], "cached": t["teacher-dev"]["cached"],
                                "pairs": sum(len(v) for v in ce_run.values())}}
-    return rows, wall, {"teacher_signal_fused": teacher["fused"]}
+    return rows, wall, {"teacher_signal": {"fusion": dict(ctx.cfg.teacher.fusion), "fused": fused}}
 
 
 # ------------------------------------------------------------------------------- densekd rows
