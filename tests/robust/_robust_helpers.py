@@ -6,12 +6,22 @@ resumable job with a sleep per unit of work, so the parent test can SIGKILL it m
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _unit(text: str, salt: str = "") -> float:

@@ -1,11 +1,13 @@
-"""Fixtures of the robustness suite: a dropout-free copy of the tiny BERT and a free TCP port."""
+"""Fixtures of the robustness suite: a dropout-free copy of the tiny BERT.
+
+Plain helpers (``HERE``, ``free_port``) live in ``_robust_helpers``: several test folders have a
+``conftest.py``, so ``from conftest import ...`` would depend on which one Python imported first.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
-from pathlib import Path
 
 import pytest
 
@@ -20,13 +22,3 @@ def tiny_bert_no_dropout(tmp_path_factory, tiny_bert_path) -> str:
     cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cfg_path.write_text(json.dumps(cfg))
     return str(out)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-HERE = Path(__file__).resolve().parent

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import HERE, free_port
+from _robust_helpers import HERE, free_port
 
 SCRIPT = HERE / "ddp_train_script.py"
 TIMEOUT = 180

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from _robust_helpers import run_annotate, run_encode, run_index
-from conftest import HERE
+from _robust_helpers import HERE, run_annotate, run_encode, run_index
 from densekd.cli.main import main
 from densekd.pipeline.cache import MARKER
 
