@@ -47,7 +47,8 @@ def provenance() -> dict[str, Any]:
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "git_commit": _git("rev-parse", "--short", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--", "src", "bench")),
+        # results files written by another benchmark running beside this one do not make the code dirty
+        "git_dirty": bool(_git("status", "--porcelain", "--", "src", "bench", ":(exclude)bench/results")),
         "machine": {
             "cpu": cpu,
             "logical_cores": os.cpu_count(),
