@@ -82,10 +82,18 @@ def kl_distillation_loss(
     p, log_p, log_q = soft_cross_entropy_terms(
         student, teacher, mask, student_temperature, teacher_temperature, detach_teacher
     )
+    return _batchmean_kl(p, log_p, log_q, mask, weights, student_temperature**2 if scale_by_t2 else 1.0)
+
+
+def _batchmean_kl(p: Tensor, log_p: Tensor, log_q: Tensor, mask: Tensor | None, weights: Tensor | None,
+                  factor: float) -> Tensor:
+    """``factor * weighted mean over rows of sum_j p (log p - log q)``; all-padded rows dropped.
+
+    ``p``, ``log_p``, ``log_q`` are ``[B, G]`` and already 0 at padded candidates.
+    """
     per_row = (p * (log_p - log_q)).sum(dim=-1)
     valid = None if mask is None else mask.any(dim=-1)
-    loss = weighted_mean(per_row, weights, valid)
-    return loss * student_temperature**2 if scale_by_t2 else loss
+    return weighted_mean(per_row, weights, valid) * factor
 
 
 def kl_in_batch_loss(
@@ -133,10 +141,7 @@ def kl_in_batch_loss(
     if mask is not None:
         p = p.masked_fill(~mask, 0.0)
         log_p, log_q = log_p.masked_fill(~mask, 0.0), log_q.masked_fill(~mask, 0.0)
-    per_row = (p * (log_p - log_q)).sum(dim=-1)
-    valid = None if mask is None else mask.any(dim=-1)
-    loss = weighted_mean(per_row, weights, valid)
-    return loss * student_temperature**2 if scale_by_t2 else loss
+    return _batchmean_kl(p, log_p, log_q, mask, weights, student_temperature**2 if scale_by_t2 else 1.0)
 
 
 class KLDistillation(nn.Module):
