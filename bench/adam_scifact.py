@@ -45,7 +45,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import REPO, RESULTS, SHARED_DATA, markdown_table, provenance, write_results  # noqa: E402
+from common import RESULTS, add_pipeline_args, markdown_table, provenance, write_results  # noqa: E402
 from densekd.cli.config import load_config  # noqa: E402
 from densekd.data.types import TrainGroup  # noqa: E402
 from densekd.encoders.dense import DenseEncoder  # noqa: E402
@@ -68,11 +68,7 @@ SMOKE_SETTINGS = ["data.max_train_queries=8", "teacher.max_steps=2", "teacher.ma
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "scifact-adam.yaml"), help="pipeline YAML")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="pipeline config override (repeatable, applied last)")
-    ap.add_argument("--data-root", default=str(SHARED_DATA / "scifact"), help="BEIR SciFact folder")
-    ap.add_argument("--out-dir", default=str(REPO / "runs" / "bench-adam-scifact"), help="student folders")
+    add_pipeline_args(ap, "scifact-adam.yaml", "scifact", "bench-adam-scifact")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--smoke", action="store_true", help="tiny settings on a data subset, bench/results/smoke/")

@@ -7,6 +7,7 @@ the git commit and a dirty flag are recorded so a reader can tell.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import os
 import platform
@@ -22,6 +23,19 @@ from densekd.data.io import write_json
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SHARED_DATA = Path(os.environ.get("DENSEKD_DATA", REPO.parent / "shared" / "data"))
+
+
+def add_pipeline_args(ap: argparse.ArgumentParser, config: str, data: str, out: str) -> None:
+    """The options every pipeline benchmark shares: ``--config``, ``--set``, ``--data-root``, ``--out-dir``.
+
+    ``config`` is a file name under ``configs/``, ``data`` a folder under the shared data, ``out`` a
+    folder under ``runs/``.
+    """
+    ap.add_argument("--config", default=str(REPO / "configs" / config), help="pipeline YAML")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="pipeline config override (repeatable, applied last)")
+    ap.add_argument("--data-root", default=str(SHARED_DATA / data), help="BEIR data folder")
+    ap.add_argument("--out-dir", default=str(REPO / "runs" / out), help="output folders of the trained models")
 
 
 def _git(*args: str) -> str:

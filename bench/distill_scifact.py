@@ -74,7 +74,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import REPO, RESULTS, SHARED_DATA, markdown_table, provenance, write_results  # noqa: E402
+from common import RESULTS, add_pipeline_args, markdown_table, provenance, write_results  # noqa: E402
 from densekd.cli.config import load_config  # noqa: E402
 from densekd.data.types import Run, TrainGroup  # noqa: E402
 from densekd.encoders.dense import DenseEncoder, resolve_model_path  # noqa: E402
@@ -97,12 +97,7 @@ SMOKE_SETTINGS = ["data.max_train_queries=8", "teacher.max_steps=2", "teacher.ma
 # ----------------------------------------------------------------------------------------- setup
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "scifact-kd.yaml"), help="pipeline YAML")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="pipeline config override (repeatable, applied last)")
-    ap.add_argument("--data-root", default=str(SHARED_DATA / "scifact"), help="BEIR SciFact folder")
-    ap.add_argument("--out-dir", default=str(REPO / "runs" / "bench-distill-scifact"),
-                    help="student output folders (one per row)")
+    add_pipeline_args(ap, "scifact-kd.yaml", "scifact", "bench-distill-scifact")
     ap.add_argument("--rerank-depth", type=int, default=100, help="BM25 depth the teacher reranks on dev")
     ap.add_argument("--margin-scale", type=float, default=None,
                     help="teacher logits are divided by this for MarginMSE (default 1 / KL student temperature)")
@@ -548,6 +543,23 @@ def train_rows(p: Prepared, args: argparse.Namespace, kl: dict[str, Any], scale:
     return rows, wall, hist
 
 
+def query_only_student(p: Prepared, out: Path, loss: dict[str, Any], groups: list[TrainGroup], epochs: float,
+                       lr: float, seed: int | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Train one ``query_only`` student into ``out`` (cached on its key) and evaluate it on dev.
+
+    The passage vectors are the cached zero-shot ones, for training and search alike. Returns the dev
+    metrics and the training summary; ``seed`` defaults to the config's.
+    """
+    ctx = p.ctx
+    student = dataclasses.replace(ctx.cfg.student, train_mode="query_only", epochs=epochs, learning_rate=lr,
+                                  seed=ctx.cfg.student.seed if seed is None else seed)
+    rctx = row_context(dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, student=student)), out, loss)
+    model_dir, summary = train_student(rctx, groups, p.zero_shot_store)
+    metrics = evaluate(steps.dense_run(DenseEncoder.from_pretrained(model_dir), p.zero_shot_store, rctx),
+                       ctx.eval_qrels, steps.METRICS)
+    return metrics, summary
+
+
 def query_only_rows(p: Prepared, args: argparse.Namespace, kl: dict[str, Any], scale: float
                     ) -> tuple[dict[str, dict], dict[str, dict]]:
     """The three losses again in ``query_only`` mode (passage vectors = the cached zero-shot ones)."""
@@ -556,23 +568,17 @@ def query_only_rows(p: Prepared, args: argparse.Namespace, kl: dict[str, Any], s
     if not args.query_only_epochs:
         return rows, wall
     ctx = p.ctx
-    student = dataclasses.replace(ctx.cfg.student, train_mode="query_only", epochs=args.query_only_epochs,
-                                  learning_rate=args.query_only_lr)
-    qctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, student=student))
     for name, loss, groups in (("contrastive_query_only", {"contrastive": {}}, p.groups),
                                ("kl_kd_query_only", {"kl": {"weight": 1.0, **kl}}, p.scored),
                                ("margin_mse_kd_query_only", {"margin_mse": {}}, scale_teacher(p.scored, scale))):
         out = Path(ctx.cfg.output_dir) / name
         if args.retrain and (out / "student").exists():
             shutil.rmtree(out / "student")
-        rctx = row_context(qctx, out, loss)
-        model_dir, summary = train_student(rctx, groups, p.zero_shot_store)
-        rows[name] = evaluate(steps.dense_run(DenseEncoder.from_pretrained(model_dir), p.zero_shot_store, rctx),
-                              ctx.eval_qrels, steps.METRICS)
+        rows[name], summary = query_only_student(p, out, loss, groups, args.query_only_epochs, args.query_only_lr)
         wall[name] = {"library": "densekd", "mode": "query_only", "loss": loss, "steps": summary["steps"],
                       "train_seconds": summary["train_seconds"], "epochs": args.query_only_epochs,
                       "learning_rate": args.query_only_lr,
-                      "train_instances_per_s": summary["steps"] * student.batch_size / summary["train_seconds"],
+                      "train_instances_per_s": summary["steps"] * ctx.cfg.student.batch_size / summary["train_seconds"],
                       "cached": {"train": ctx.timings["student"]["cached"]}}
         print(f"[{name}] nDCG@10 {rows[name]['ndcg@10']:.3f} R@100 {rows[name]['recall@100']:.3f}")
     return rows, wall

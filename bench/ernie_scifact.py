@@ -60,7 +60,7 @@ import faiss  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from common import REPO, RESULTS, SHARED_DATA, markdown_table, provenance, write_results  # noqa: E402
+from common import RESULTS, add_pipeline_args, markdown_table, provenance, write_results  # noqa: E402
 from distill_scifact import Prepared, make_smoke_data, prepare  # noqa: E402
 from densekd.cli.config import load_config  # noqa: E402
 from densekd.data.types import Run  # noqa: E402
@@ -88,16 +88,12 @@ OFF = {"dense_contrastive_weight": 0.0, "colbert_contrastive_weight": 0.0, "colb
 # ----------------------------------------------------------------------------------------- setup
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "scifact-ernie.yaml"), help="pipeline YAML")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="pipeline config override (repeatable, applied last)")
+    add_pipeline_args(ap, "scifact-ernie.yaml", "scifact", "bench-ernie-scifact")
     ap.add_argument("--ernie", action="append", default=[], metavar="KEY=VALUE",
                     help="override of the config's ernie loss settings (repeatable), e.g. colbert_temperature=0.5")
     ap.add_argument("--direct-teacher-temperature", type=float, default=1.0,
                     help="teacher temperature of the direct_ce row, tuned for it on dev like the cascade's (seed 0: "
                          "0.5 -> 0.704, 1.0 -> 0.705, 2.0 -> 0.685 nDCG@10); a negative value = the ERNIE settings'")
-    ap.add_argument("--data-root", default=str(SHARED_DATA / "scifact"), help="BEIR SciFact folder")
-    ap.add_argument("--out-dir", default=str(REPO / "runs" / "bench-ernie-scifact"), help="student folders")
     ap.add_argument("--rows", default=",".join(TRAINED), help="trained rows to run (comma-separated)")
     ap.add_argument("--seeds", default="0,1,2", help="student seeds (comma-separated)")
     ap.add_argument("--latency-queries", type=int, default=200, help="dev queries timed per model")

@@ -59,7 +59,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common import REPO, RESULTS, SHARED_DATA, markdown_table, provenance, write_results  # noqa: E402
+from common import RESULTS, add_pipeline_args, markdown_table, provenance, write_results  # noqa: E402
 from densekd.cli.config import load_config  # noqa: E402
 from densekd.data.trec import load_run  # noqa: E402
 from densekd.eval.qa import answer_recall, has_answer  # noqa: E402
@@ -86,11 +86,7 @@ log = logging.getLogger("fidkd_squad")
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "squad-fidkd.yaml"), help="fidkd pipeline YAML")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="pipeline config override (repeatable, applied last)")
-    ap.add_argument("--data-root", default=str(SHARED_DATA / "squad-open"), help="BEIR squad-open folder (answers)")
-    ap.add_argument("--out-dir", default=str(REPO / "runs" / "bench-fidkd-squad"), help="the loop's output_dir")
+    add_pipeline_args(ap, "squad-fidkd.yaml", "squad-open", "bench-fidkd-squad")
     ap.add_argument("--gold-epochs", type=float, default=None,
                     help="epochs of the gold-trained retriever (default: as many as the loop's last retriever saw)")
     ap.add_argument("--no-gold", action="store_true", help="skip the gold-trained retriever (probes)")

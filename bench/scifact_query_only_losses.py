@@ -33,12 +33,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from common import REPO, RESULTS, SHARED_DATA, markdown_table, provenance, write_results  # noqa: E402
-from distill_scifact import SMOKE_ROOT, build_config, kl_options, prepare, row_context  # noqa: E402
-from densekd.encoders.dense import DenseEncoder  # noqa: E402
+from common import RESULTS, add_pipeline_args, markdown_table, provenance, write_results  # noqa: E402
+from distill_scifact import SMOKE_ROOT, build_config, kl_options, prepare, query_only_student  # noqa: E402
 from densekd.eval.metrics import evaluate  # noqa: E402
 from densekd.pipeline import steps  # noqa: E402
-from densekd.pipeline.run import train_student  # noqa: E402
 
 NAME = "scifact_query_only_losses"
 METRICS = ("ndcg@10", "recall@100")
@@ -46,10 +44,7 @@ METRICS = ("ndcg@10", "recall@100")
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "scifact-kd.yaml"))
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--data-root", default=str(SHARED_DATA / "scifact"))
-    ap.add_argument("--out-dir", default=str(REPO / "runs" / "bench-scifact-query-only-losses"))
+    add_pipeline_args(ap, "scifact-kd.yaml", "scifact", "bench-scifact-query-only-losses")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=float, default=8.0)
     ap.add_argument("--lr", type=float, default=5e-5)
@@ -75,17 +70,11 @@ def losses(cfg: Any) -> dict[str, dict[str, Any]]:
 
 def run_row(p: Any, args: argparse.Namespace, name: str, loss: dict[str, Any], seed: int) -> dict[str, Any]:
     """Train one query-only student (cached on its key) and evaluate it on dev."""
-    ctx = p.ctx
-    student = dataclasses.replace(ctx.cfg.student, train_mode="query_only", epochs=args.epochs,
-                                  learning_rate=args.lr, seed=seed)
-    qctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, student=student))
-    rctx = row_context(qctx, Path(args.out_dir) / f"{name}-seed{seed}", loss)
-    model_dir, summary = train_student(rctx, p.scored, p.zero_shot_store)
-    metrics = evaluate(steps.dense_run(DenseEncoder.from_pretrained(model_dir), p.zero_shot_store, rctx),
-                       ctx.eval_qrels, steps.METRICS)
+    out = Path(args.out_dir) / f"{name}-seed{seed}"
+    metrics, summary = query_only_student(p, out, loss, p.scored, args.epochs, args.lr, seed)
     print(f"[{name} seed {seed}] nDCG@10 {metrics['ndcg@10']:.3f} R@100 {metrics['recall@100']:.3f}", flush=True)
     return {"seed": seed, **metrics, "train_seconds": summary["train_seconds"], "steps": summary["steps"],
-            "cached": ctx.timings["student"]["cached"]}
+            "cached": p.ctx.timings["student"]["cached"]}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, float]:
