@@ -80,7 +80,7 @@ def parse_args() -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> PipelineConfig:
     """Config file < ``--data-root`` < (smoke settings) < ``--set``; always query-side-only here."""
-    from distill_scifact import SMOKE_ROOT, make_smoke_data
+    from distill_vs_st import SMOKE_ROOT, make_smoke_data
 
     overrides = ["student.train_mode=query_only"] + (SMOKE_SETTINGS if args.smoke else []) + list(args.overrides)
     cfg = load_config(args.config, overrides, PipelineConfig, flags={"data": {"root": str(Path(args.data_root).resolve())}})

@@ -61,7 +61,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from common import RESULTS, add_pipeline_args, markdown_table, provenance, write_results  # noqa: E402
-from distill_scifact import Prepared, make_smoke_data, prepare  # noqa: E402
+from distill_vs_st import Prepared, make_smoke_data, prepare  # noqa: E402
 from densekd.cli.config import load_config  # noqa: E402
 from densekd.data.types import Run  # noqa: E402
 from densekd.encoders.dense import DenseEncoder  # noqa: E402

@@ -7,7 +7,7 @@ Usage::
 
 Every row trains the query tower of all-MiniLM-L6-v2 against the cached, frozen zero-shot passage
 vectors (``student.train_mode: query_only``), on the same mined groups (BM25 top 50, 7 negatives per
-item, re-sampled each epoch) and the same teacher logits as ``bench/distill_scifact.py`` (its
+item, re-sampled each epoch) and the same teacher logits as ``bench/distill_vs_st.py`` (its
 ``prepare``: every one-time cost is reused from the cache), for ``--epochs`` at ``--lr``, with seeds
 ``--seeds``:
 
@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import RESULTS, add_pipeline_args, markdown_table, provenance, write_results  # noqa: E402
-from distill_scifact import SMOKE_ROOT, build_config, kl_options, prepare, query_only_student  # noqa: E402
+from distill_vs_st import SMOKE_ROOT, build_config, kl_options, prepare, query_only_student  # noqa: E402
 from densekd.eval.metrics import evaluate  # noqa: E402
 from densekd.pipeline import steps  # noqa: E402
 

@@ -45,7 +45,7 @@ def test_adam_run_end_to_end_then_fully_cached(tmp_path, toy_beir_dir, tiny_bert
     out, cache = tmp_path / "out", tmp_path / "cache"
     first = json.loads((out / "metrics.json").read_text())
     assert first["student"]["steps"] == 4 and "dark" in first["steps"]
-    assert 0.0 <= first["rows"]["distilled student"]["ndcg@10"] <= 1.0
+    assert 0.0 <= first["rows"][first["student_row"]]["ndcg@10"] <= 1.0
 
     # the mined candidates' scores come from the ordinary annotation cache; the dark file holds only
     # the positives and the dark examples, scored by the same teacher
@@ -136,13 +136,13 @@ def test_bad_adam_settings_are_config_errors(tmp_path, toy_beir_dir, tiny_bert_p
         load_config(cfg, overrides, PipelineConfig)
 
 
-def test_scifact_adam_config_shares_the_kd_teacher():
+def test_scifact_adam_config_shares_the_kd_data_and_cache():
     root = Path(__file__).resolve().parents[2] / "configs"
     adam = load_config(root / "scifact-adam.yaml", [], PipelineConfig)
     kd = load_config(root / "scifact-kd.yaml", [], PipelineConfig)
-    # the same trained teacher and annotations; the signal differs: dark examples have only CE scores
-    kd_teacher = dataclasses.replace(kd.teacher, fusion=adam.teacher.fusion)
-    assert (adam.data, adam.mining, adam.teacher, adam.cache_dir) == (kd.data, kd.mining, kd_teacher, kd.cache_dir)
+    # the same data and one-time caches (corpus vectors, BM25); ADAM keeps the cross-encoder teacher,
+    # since its dark examples (texts outside the corpus) have no BM25 or cached dense score
+    assert (adam.data, adam.cache_dir) == (kd.data, kd.cache_dir)
     assert adam.teacher.fusion == {"cross_encoder": 1.0}
     assert adam.student.dark_examples.enabled and not adam.student.self_paced.enabled  # chosen on dev
     assert adam.output_dir != kd.output_dir

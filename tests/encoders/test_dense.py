@@ -125,6 +125,26 @@ def test_sentence_transformers_export_tiny(tiny_bert_path, tmp_path, projection_
     np.testing.assert_allclose(st.encode(TEXTS), enc.encode_passages(TEXTS, show_progress=False), atol=1e-5)
 
 
+def test_sentence_transformers_export_separate_towers_routes_query_and_document(tiny_bert_path, tmp_path):
+    """A query-only student (untied towers, the query side changed) exports as a Router whose query and
+    document routes reproduce the two towers: the towers differ, so a mix-up would be caught."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    enc = DenseEncoder.from_pretrained(tiny_bert_path)
+    enc.untie()
+    with torch.no_grad():
+        for param in enc.query_model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    queries, passages = enc.encode_queries(TEXTS), enc.encode_passages(TEXTS, show_progress=False)
+    assert np.abs(queries - passages).max() > 1e-3  # the towers really differ
+    enc.export_sentence_transformers(tmp_path / "st")
+    st = SentenceTransformer(str(tmp_path / "st"), device="cpu")
+    np.testing.assert_allclose(st.encode_query(TEXTS), queries, atol=1e-5)
+    np.testing.assert_allclose(st.encode_document(TEXTS), passages, atol=1e-5)
+    assert not any(p.name.startswith("_") for p in (tmp_path / "st").iterdir())  # no leftover tower copies
+
+
 @pytest.mark.integration
 def test_real_minilm_matches_sentence_transformers_and_export(minilm_path, tmp_path):
     from sentence_transformers import SentenceTransformer

@@ -35,7 +35,8 @@ def test_run_end_to_end_then_fully_cached(tmp_path, toy_beir_dir, tiny_bert_path
     assert main(["run", str(cfg)]) == 0
     out = tmp_path / "out"
     first = json.loads((out / "metrics.json").read_text())
-    assert {"bm25", "zero-shot dense", "distilled student"} <= set(first["rows"])
+    assert {"bm25", "zero-shot dense", "distilled student (KL + InfoNCE)"} <= set(first["rows"])
+    assert any(name.endswith("BM25 hybrid") for name in first["rows"])
     for row in first["rows"].values():
         assert 0.0 <= row["ndcg@10"] <= 1.0
     assert first["student"]["steps"] == 3
@@ -124,3 +125,49 @@ def test_train_teacher_stage_reports_the_teachers_dev_rerank(tmp_path, toy_beir_
     assert "cross-encoder rerank" in out and "bm25" in out
     assert any((tmp_path / "cache" / "teacher_dev").glob("*/rerank.trec"))
     assert not (tmp_path / "cache" / "annotations").exists()
+
+
+def test_run_with_cross_fitted_label_dense_teacher(tmp_path, toy_beir_dir, tiny_bert_path):
+    """The ensemble teacher without a cross-encoder: no cross-encoder is trained, the labels-only members
+    are cross-fitted, every reported system has a TREC run, and the query-only student is exported as a
+    sentence-transformers Router that reproduces its two towers."""
+    import numpy as np
+    import yaml as _yaml
+    from sentence_transformers import SentenceTransformer
+
+    from densekd.data.trec import load_run
+    from densekd.encoders.dense import DenseEncoder
+
+    cfg_path = _config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"label_dense": 1.0, "bm25": 0.5})
+    cfg = _yaml.safe_load(cfg_path.read_text())
+    cfg["mining"]["retrieval"] = "bm25+dense"
+    cfg["teacher"]["label_dense"] = {"folds": 2, "fold_seed": 1, "seeds": [0], "epochs": 1}  # seed 1 splits 2|3
+    cfg["student"]["loss"] = {"kl": {"weight": 1.0, "student_temperature": 0.05}, "contrastive": {"weight": 1.0}}
+    cfg_path.write_text(_yaml.safe_dump(cfg))
+    assert main(["run", str(cfg_path)]) == 0
+    out = tmp_path / "out"
+    result = json.loads((out / "metrics.json").read_text())
+    rows = result["rows"]
+    assert not (tmp_path / "cache" / "teacher").exists()  # no cross-encoder in the fusion: none trained
+    members = sorted(p.name for p in (tmp_path / "cache" / "label_dense").glob("*/*"))
+    assert members == ["all-seed0", "fold0-seed0", "fold1-seed0"]
+    assert any(n.startswith("labels-only student") for n in rows)
+    teacher_row = next(n for n in rows if n.startswith("teacher rerank ("))
+    assert "1 label_dense" in teacher_row and "0.5 bm25" in teacher_row
+    assert "distilled student (KL + InfoNCE)" in rows
+    assert "Results on the dev split" in (out / "report.md").read_text()
+    trec = sorted((out / "runs").glob("*.trec"))
+    assert len(trec) == len(rows)
+    assert all(load_run(f) for f in trec)
+
+    student = DenseEncoder.from_pretrained(out / "student" / "model")
+    st = SentenceTransformer(str(out / "sentence-transformers"), device="cpu")
+    texts = ["aspirin and heart attacks", "vitamin c and colds"]
+    np.testing.assert_allclose(st.encode_query(texts), student.encode_queries(texts), atol=1e-5)
+    np.testing.assert_allclose(st.encode_document(texts), student.encode_passages(texts, show_progress=False),
+                               atol=1e-5)
+
+    assert main(["run", str(cfg_path)]) == 0  # all cached, same figures
+    again = json.loads((out / "metrics.json").read_text())
+    assert all(t["cached"] for n, t in again["steps"].items() if n != "evaluate"), again["steps"]
+    assert again["rows"] == rows

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,24 +295,39 @@ class DenseEncoder(nn.Module):
     def export_sentence_transformers(self, out_dir: str | os.PathLike) -> None:
         """Save as a sentence-transformers folder that ``SentenceTransformer(out_dir)`` loads.
 
-        Only shared-tower encoders map onto one sentence-transformers pipeline; the exported model
-        gives the same passage embeddings (tested on the real MiniLM). Prefixes are not exported:
-        pass them as ``prompt=`` to ``SentenceTransformer.encode``.
+        A shared-tower encoder becomes one module pipeline (``encode`` gives the passage embeddings).
+        Separate towers (e.g. every ``query_only`` student) become a sentence-transformers ``Router``
+        with a ``query`` and a ``document`` route, so that ``encode_query`` / ``encode_document`` give
+        this encoder's query / passage embeddings (tested against both towers). Prefixes are not
+        exported: pass them as ``prompt=`` to ``encode``.
         """
-        if not self.config.shared:
-            raise ValueError("export_sentence_transformers needs a shared-tower encoder (config.shared=True)")
         from sentence_transformers import SentenceTransformer
+
+        out = Path(out_dir)
+        if self.config.shared:
+            modules = self._st_modules(self.query_model, out / "_tower", self.config.passage_max_length)
+        else:
+            from sentence_transformers.base.modules.router import Router
+
+            modules = [Router.for_query_document(
+                self._st_modules(self.query_model, out / "_query", self.config.query_max_length),
+                self._st_modules(self.passage_model, out / "_passage", self.config.passage_max_length))]
+        SentenceTransformer(modules=modules, device="cpu").save(str(out))
+        for tmp in ("_tower", "_query", "_passage"):  # the towers were copied into the module folders
+            if (out / tmp).is_dir():
+                shutil.rmtree(out / tmp)
+
+    def _st_modules(self, tower: nn.Module, tower_dir: Path, max_length: int) -> list[nn.Module]:
+        """sentence-transformers modules (Transformer, Pooling, [Dense], [Normalize]) equal to one side."""
         try:  # sentence-transformers >= 6 moved the modules; keep older releases working
             from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
         except ImportError:  # pragma: no cover - depends on the installed version
             from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
 
-        out = Path(out_dir)
-        tower_dir = out / "_tower"
-        self.query_model.save_pretrained(tower_dir, safe_serialization=True)
+        tower.save_pretrained(tower_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(tower_dir)
-        modules: list[nn.Module] = [Transformer(str(tower_dir), max_seq_length=self.config.passage_max_length),
-                                    Pooling(self.query_model.config.hidden_size, pooling_mode=self.config.pooling)]
+        modules: list[nn.Module] = [Transformer(str(tower_dir), max_seq_length=max_length),
+                                    Pooling(tower.config.hidden_size, pooling_mode=self.config.pooling)]
         if self.projection is not None:
             dense = Dense(self.projection.in_features, self.projection.out_features, bias=True,
                           activation_function=nn.Identity())
@@ -319,7 +335,4 @@ class DenseEncoder(nn.Module):
             modules.append(dense)
         if self.config.normalize:
             modules.append(Normalize())
-        SentenceTransformer(modules=modules, device="cpu").save(str(out))
-        for f in tower_dir.iterdir():
-            f.unlink()
-        tower_dir.rmdir()
+        return modules

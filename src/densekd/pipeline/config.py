@@ -23,12 +23,20 @@ class DataSection:
         qrels splits used for training and for the reported evaluation (tune on dev only).
     max_train_queries
         Use only the first N training queries (``null`` = all): for quick configurations.
+    pseudo_queries
+        Add N self-supervised training queries, one sentence of a corpus passage each, with that
+        passage as positive (:mod:`densekd.mining.pseudo_queries`; ``0`` = none). The teacher scores
+        them like any query; labels-only teacher members never train on them.
+    pseudo_seed
+        Seed of the passage and sentence choice.
     """
 
     root: str = "../shared/data/scifact"
     train_split: str = "train"
     eval_split: str = "dev"
     max_train_queries: int | None = None
+    pseudo_queries: int = 0
+    pseudo_seed: int = 0
 
 
 @dataclass
@@ -45,12 +53,52 @@ class MiningSection:
         ``[lo, hi)`` ranks of the BM25 list negatives are taken from.
     sampling
         ``"top"`` (in rank order) or ``"random"`` (seeded) among the candidates in range.
+    retrieval
+        ``"bm25"``: rank ranges refer to BM25's list; ``"bm25+dense"``: to BM25's and the zero-shot
+        student's top ``depth`` fused by reciprocal rank (the teacher then scores lexical and semantic
+        near-misses alike, and re-ranks the same union on dev).
     """
 
     depth: int = 100
     n_negatives: int = 15
     rank_range: list[int] = field(default_factory=lambda: [0, 50])
     sampling: str = "random"
+    retrieval: str = "bm25"
+
+    def __post_init__(self) -> None:
+        if self.retrieval not in ("bm25", "bm25+dense"):
+            raise ValueError(f"mining.retrieval must be 'bm25' or 'bm25+dense', got {self.retrieval!r}")
+
+
+@dataclass
+class LabelDenseSection:
+    """The labels-only dense members of the teacher (signal ``label_dense``; :mod:`densekd.pipeline.label_dense`).
+
+    Query-side-only retrievers trained by InfoNCE on the training labels, cross-fitted: each fold of
+    the training queries is scored by members that never saw it, so the signal distilled on a training
+    query has the quality the teacher has on unseen queries. Trained only when
+    ``teacher.fusion.label_dense > 0``.
+
+    Attributes
+    ----------
+    folds
+        Cross-fitting folds (>= 2); queries go to folds by a hash of their id.
+    fold_seed
+        Seed of that hash.
+    seeds
+        One member per seed and fold, plus one per seed on all training queries; scores are averaged
+        over seeds. ``folds x len(seeds) + len(seeds)`` members in all (SciFact: ~1 min per fold member,
+        ~2 min per full one on 2 CPU cores).
+    epochs, learning_rate, temperature
+        Member training: epochs over the (sub)set, learning rate, InfoNCE temperature.
+    """
+
+    folds: int = 2
+    fold_seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: float = 8.0
+    learning_rate: float = 5e-5
+    temperature: float = 0.05
 
 
 @dataclass
@@ -75,9 +123,17 @@ class TeacherSection:
     score_batch_size
         Pairs per forward pass when scoring.
     fusion
-        The teacher signal: weights of per-query z-normalised scores of ``cross_encoder``, ``bm25``
-        and ``dense`` (the zero-shot student) summed into one logit per candidate
-        (:mod:`densekd.teachers.fusion`). ``{cross_encoder: 1.0}`` = the cross-encoder alone.
+        The teacher signal: weights of per-query z-normalised scores of ``cross_encoder``, ``bm25``,
+        ``dense`` (the zero-shot student) and ``label_dense`` (cross-fitted labels-only retrievers,
+        ``label_dense`` section) summed into one logit per candidate (:mod:`densekd.teachers.fusion`).
+        ``{cross_encoder: 1.0}`` = the cross-encoder alone; a fusion without ``cross_encoder`` trains
+        no cross-encoder.
+    label_dense
+        Settings of the ``label_dense`` members (:class:`LabelDenseSection`).
+    positive_margin
+        When set, each training group's judged positives are lifted to at least this much above the
+        group's best negative in the fused signal (labels win where the teacher disagrees with them;
+        the negatives keep the teacher's order). ``null`` = the teacher's scores as they are.
     save_steps
         Write a resumable checkpoint every N optimizer steps (``0`` = none): a killed teacher training
         resumes from the last one when the same command is rerun, and ends with the same weights.
@@ -99,6 +155,13 @@ class TeacherSection:
     score_batch_size: int = 64
     fusion: dict[str, float] = field(default_factory=lambda: {"cross_encoder": 1.0})
     save_steps: int = 50
+    label_dense: LabelDenseSection = field(default_factory=LabelDenseSection)
+    positive_margin: float | None = None
+
+    @property
+    def uses(self) -> set[str]:
+        """The signals with a positive fusion weight."""
+        return {name for name, w in self.fusion.items() if w > 0}
 
 
 @dataclass

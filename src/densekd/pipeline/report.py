@@ -19,30 +19,38 @@ import numpy as np  # noqa: E402
 
 
 def plot_training(log_history: list[dict[str, Any]], path: Path) -> bool:
-    """Loss (and components) and dev-metric curves over steps; returns False when nothing to plot."""
+    """Loss (and components) and, when the run evaluated during training, dev-metric curves over steps.
+
+    Returns False when there is nothing to plot. A run without evaluations gets the loss panel alone
+    (no empty panel).
+    """
     losses = [h for h in log_history if "loss" in h and "step" in h]
     evals = [h for h in log_history if any(k.startswith("eval_") for k in h)]
-    if not losses and not evals:
+    metric_keys = sorted({k for h in evals for k in h if k.startswith("eval_") and not k.endswith(("runtime", "_per_second"))})
+    if not losses and not metric_keys:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = int(bool(losses)) + int(bool(metric_keys))
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8), squeeze=False)
+    axes = list(axes[0])
     if losses:
+        ax = axes.pop(0)
         steps = [h["step"] for h in losses]
-        axes[0].plot(steps, [h["loss"] for h in losses], label="loss", lw=2)
+        ax.plot(steps, [h["loss"] for h in losses], label="loss", lw=2)
         for key in sorted({k for h in losses for k in h} - {"loss", "step", "epoch", "learning_rate", "grad_norm"}):
             vals = [h.get(key) for h in losses]
             if all(isinstance(v, (int, float)) for v in vals):
-                axes[0].plot(steps, vals, label=key, lw=1)
-        axes[0].set_xlabel("step")
-        axes[0].set_title("training loss")
-        axes[0].legend(fontsize=8)
-    metric_keys = sorted({k for h in evals for k in h if k.startswith("eval_") and not k.endswith(("runtime", "_per_second"))})
-    for key in metric_keys:
-        pts = [(h["step"], h[key]) for h in evals if key in h]
-        axes[1].plot(*zip(*pts), marker="o", label=key.removeprefix("eval_"))
-    axes[1].set_xlabel("step")
-    axes[1].set_title("dev metrics during training")
+                ax.plot(steps, vals, label=key, lw=1)
+        ax.set_xlabel("step")
+        ax.set_title("training loss")
+        ax.legend(fontsize=8)
     if metric_keys:
-        axes[1].legend(fontsize=8)
+        ax = axes.pop(0)
+        for key in metric_keys:
+            pts = [(h["step"], h[key]) for h in evals if key in h]
+            ax.plot(*zip(*pts), marker="o", label=key.removeprefix("eval_"))
+        ax.set_xlabel("step")
+        ax.set_title("dev metrics during training")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

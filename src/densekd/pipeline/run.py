@@ -29,123 +29,21 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from densekd.data.io import write_json
-from densekd.data.types import TrainGroup
+from densekd.data.types import Run, TrainGroup
 from densekd.eval.metrics import evaluate
 from densekd.pipeline import report, steps
-from densekd.pipeline.cache import cache_key, cached_step
 from densekd.pipeline.config import PipelineConfig
-
-
-def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> tuple[Path, dict[str, Any]]:
-    """Distil the teacher's scores into the dual-encoder student (cached on its inputs' key).
-
-    Checkpoints every ``student.save_steps`` go to ``output_dir/checkpoints/student/<key>/``; a rerun
-    with the same key resumes from the newest one (module docstring).
-    """
-    import shutil
-
-    from densekd.training.callbacks import RetrievalEvalCallback
-    from densekd.training.config import DistillConfig
-    from densekd.training.dataset import TrainGroupDataset
-    from densekd.training.trainer import DistillTrainer
-
-    s = ctx.cfg.student
-    settings = _student_settings(s)
-    key = cache_key("student-v1", settings, [g.to_json() for g in groups])
-    folder = ctx.out / "student"
-    checkpoints = steps.checkpoint_folder(ctx.out, "student", key)
-
-    def compute(out: Path) -> dict[str, Any]:
-        for stale in checkpoints.parent.glob("*"):  # one student per output_dir: other settings' leftovers
-            if stale != checkpoints:
-                shutil.rmtree(stale, ignore_errors=True)
-        args = DistillConfig(
-            per_device_train_batch_size=s.batch_size,
-            num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,  # warmup_steps < 1 is a ratio
-            warmup_steps=s.warmup_ratio, seed=s.seed, group_size=s.group_size, loss=s.loss,
-            train_mode=s.train_mode, logging_steps=s.logging_steps, lr_scheduler_type="linear",
-            **steps.training_args(s.save_steps, checkpoints))
-        encoder = _build_student(s)
-        dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=s.group_size, seed=s.seed,
-                                    extra_per_group=s.dark_examples.extra_per_group)
-        callbacks = []
-        if s.self_paced.enabled:
-            from densekd.training.self_paced import SelfPacedDataset, SelfPacedLogCallback, SelfPacedSelector
-
-            dataset = SelfPacedDataset(dataset, SelfPacedSelector(groups, s.self_paced.to_config()))
-            callbacks.append(SelfPacedLogCallback(dataset))
-        if s.eval_steps:
-            callbacks.append(RetrievalEvalCallback(ctx.queries, ctx.corpus, ctx.eval_qrels,
-                                                   every_n_steps=s.eval_steps, passage_embeddings=store
-                                                   if s.train_mode == "query_only" else None))
-        trainer = DistillTrainer(model=encoder, args=args, train_dataset=dataset, callbacks=callbacks,
-                                 passage_embeddings=_passage_table(ctx, s, store))
-        summary = steps.train_resumable(trainer, checkpoints, "student", out)
-        encoder.save_pretrained(out / "model")
-        n = summary.pop("steps_this_run") * s.batch_size  # this process's steps only
-        return {**summary, "queries_per_s": round(n / summary["train_seconds"], 2)}
-
-    start = time.perf_counter()
-    summary, reused = cached_step(folder, compute, {"student": settings}, key=key)
-    steps.drop_checkpoints(checkpoints)  # the marker is written: they are no longer needed
-    ctx.record("student", start, reused)
-    return folder / "model", summary
-
-
-def _build_student(s: Any) -> Any:
-    """The student model the section asks for, from its start checkpoint."""
-    from densekd.encoders.dense import DenseEncoder
-
-    lengths = {"query_max_length": s.query_max_length, "passage_max_length": s.passage_max_length}
-    if s.architecture == "ernie":
-        from densekd.encoders.ernie import ErnieSearchModel
-
-        torch.manual_seed(s.seed)  # the ColBERT head is new: seed its initialisation
-        return ErnieSearchModel.from_pretrained(s.model, colbert_dim=s.colbert_dim, **lengths)
-    return DenseEncoder.from_pretrained(s.model, **lengths)
-
-
-def _passage_table(ctx: steps.Context, s: Any, store: Any) -> Any:
-    """The frozen passage side a ``query_only`` student reads (``None`` in full mode): the cached passage
-    vectors ``store``, or for an ERNIE-Search student the start model's cached token states (its ColBERT
-    head needs passage tokens; their pooled vectors are the same as ``store``'s)."""
-    if s.train_mode != "query_only":
-        return None
-    if s.architecture == "ernie":
-        return steps.passage_token_states(ctx, s.model, s.passage_max_length, "student")
-    return store
-
-
-def _student_settings(s: Any) -> dict[str, Any]:
-    """The student section as a dict, without the sections that are off or at their defaults: a run
-    that does not use them keeps the cache key it had before they existed."""
-    settings = asdict(s)
-    del settings["save_steps"]  # where training may resume from does not change the model
-    for name in ("dark_examples", "self_paced"):
-        if not settings[name]["enabled"]:
-            del settings[name]
-    if settings["architecture"] == "dense":
-        del settings["architecture"], settings["colbert_dim"]
-    return settings
-
-
-def _student_run(ctx: steps.Context, model_dir: Path, zero_shot_store: Any) -> dict[str, float]:
-    from densekd.encoders.dense import DenseEncoder
-
-    encoder = DenseEncoder.from_pretrained(model_dir)
-    if ctx.cfg.student.train_mode == "query_only":
-        # the passage tower is frozen: the base model's cached corpus vectors are the student's
-        store = zero_shot_store
-    else:
-        store = steps.corpus_embeddings(ctx, str(model_dir), ctx.cfg.student.passage_max_length, "student")
-    return evaluate(steps.dense_run(encoder, store, ctx), ctx.eval_qrels, steps.METRICS)
+from densekd.pipeline.student import (  # noqa: F401 (train_student re-exported for the benches)
+    _student_settings,
+    student_dev_run,
+    train_student,
+)
+from densekd.pipeline.teacher_signal import teacher_dev_runs
 
 
 def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any]:
@@ -160,29 +58,41 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
         the step timings only; ``None`` runs everything.
     """
     from densekd.encoders.dense import DenseEncoder
+    from densekd.pipeline.label_dense import train_label_dense
 
     ctx = steps.load_context(cfg)
     ctx.out.mkdir(parents=True, exist_ok=True)
+    uses = cfg.teacher.uses
     train_run, eval_run, bm25_key = steps.bm25_runs(ctx)
-    groups, mined_key = steps.mine(ctx, train_run, bm25_key)
+    base = cfg.student.model
+    base_encoder = DenseEncoder.from_pretrained(base, passage_max_length=cfg.student.passage_max_length)
+    # the zero-shot corpus vectors: dense candidates, dense teacher members, query_only students
+    needs_store = cfg.mining.retrieval != "bm25" or uses & {"dense", "label_dense"} or until is None \
+        or until == "student"
+    zero_shot_store = steps.corpus_embeddings(ctx, base, cfg.student.passage_max_length, "base") \
+        if needs_store else None
+    cand_run, cand_key = steps.candidate_run(ctx, train_run, bm25_key, base_encoder, zero_shot_store)
+    groups, mined_key = steps.mine(ctx, cand_run, cand_key)
     if until == "mine":
         return {"steps": ctx.timings}
-    scorer = steps.teacher(ctx, groups, mined_key)
-    # the teacher's own dev quality comes first: distillation figures only count if it beats BM25
-    teacher_dev = steps.teacher_dev_run(ctx, scorer, eval_run, bm25_key)
+    scorer = steps.teacher(ctx, groups, mined_key) if "cross_encoder" in uses else None
+    label_dense = train_label_dense(ctx, groups, zero_shot_store) if "label_dense" in uses else None
+    # the teacher's own dev quality comes first: distillation figures only count if it beats the students
+    ce_dev = steps.teacher_dev_run(ctx, scorer, eval_run, bm25_key) if scorer is not None else None
+    dense_eval = steps.dense_run(base_encoder, zero_shot_store, ctx) if cfg.mining.retrieval != "bm25" else None
+    teacher_runs = teacher_dev_runs(ctx, ce_dev, eval_run, base_encoder, zero_shot_store,
+                                          label_dense=label_dense, dense_eval_run=dense_eval)
     if until == "teacher":
-        ce_only = steps.teacher_dev_metrics(ctx, teacher_dev, eval_run, None, None, {"cross_encoder": 1.0})
-        return {"steps": ctx.timings, "rows": {"bm25": evaluate(eval_run, ctx.eval_qrels, steps.METRICS),
-                                               "cross-encoder rerank": ce_only["fused"]}}
-    scored = steps.annotate_groups(ctx, groups, mined_key, scorer)
+        named = {"bm25": eval_run, "teacher rerank": teacher_runs["fused"]}
+        if "cross_encoder" in teacher_runs:
+            named["cross-encoder rerank"] = teacher_runs["cross_encoder"]
+        return {"steps": ctx.timings, "rows": {n: evaluate(r, ctx.eval_qrels, steps.METRICS) for n, r in named.items()}}
+    scored = steps.annotate_groups(ctx, groups, mined_key, scorer) if scorer is not None else groups
     if cfg.student.dark_examples.enabled:
         scored = steps.dark_examples(ctx, groups, scored, mined_key, scorer)
     if until == "annotate":
         return {"steps": ctx.timings}
-    base = cfg.student.model
-    base_encoder = DenseEncoder.from_pretrained(base, passage_max_length=cfg.student.passage_max_length)
-    zero_shot_store = steps.corpus_embeddings(ctx, base, cfg.student.passage_max_length, "base")
-    scored = steps.fuse_groups(ctx, scored, train_run, base_encoder, zero_shot_store)
+    scored = steps.fuse_groups(ctx, scored, cand_run, base_encoder, zero_shot_store, label_dense)
     store = zero_shot_store
     if cfg.student.train_mode == "query_only":  # dark examples need frozen vectors too
         store = steps.query_only_table(ctx, scored, zero_shot_store, base, cfg.student.passage_max_length)
@@ -190,21 +100,83 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     if until == "student":
         return {"steps": ctx.timings, "student": student_summary}
 
-    teacher_rows = steps.teacher_dev_metrics(ctx, teacher_dev, eval_run, base_encoder, zero_shot_store)
     start = time.perf_counter()
-    rows = {"bm25": evaluate(eval_run, ctx.eval_qrels, steps.METRICS)}
-    rows["zero-shot dense"] = evaluate(steps.dense_run(base_encoder, zero_shot_store, ctx), ctx.eval_qrels,
-                                       steps.METRICS)
-    depth = cfg.teacher.rerank_depth
-    rows[f"cross-encoder rerank (BM25 top {depth})"] = teacher_rows["cross_encoder"]
-    rows[f"teacher signal {cfg.teacher.fusion} (BM25 top {depth})"] = teacher_rows["fused"]
-    rows["distilled student"] = _student_run(ctx, model_dir, zero_shot_store)
+    runs = system_runs(ctx, eval_run, base_encoder, zero_shot_store, label_dense, teacher_runs, model_dir)
+    rows = {name: evaluate(run, ctx.eval_qrels, steps.METRICS) for name, run in runs.items()}
+    write_runs(ctx.out / "runs", runs)
+    export_sentence_transformers(model_dir, ctx.out / "sentence-transformers")
     ctx.record("evaluate", start, False)
 
-    result = {"name": cfg.name, "rows": rows, "student": student_summary, "steps": ctx.timings}
+    result = {"name": cfg.name, "split": cfg.data.eval_split, "rows": rows,
+              "student_row": student_label(cfg.student.loss), "student": student_summary,
+              "teacher_fusion": dict(cfg.teacher.fusion), "steps": ctx.timings}
     write_json(ctx.out / "metrics.json", result)
     _write_report(ctx, result, scored, model_dir.parent)
     return result
+
+
+def student_label(loss: dict[str, Any]) -> str:
+    """What trained the student, for its row name: a labels-only loss does not make a distilled student."""
+    teacher_losses = sorted(k for k in loss if k not in ("contrastive",))
+    if not teacher_losses:
+        return "labels-only student (InfoNCE)"
+    names = {"kl": "KL", "margin_mse": "MarginMSE", "mse": "MSE", "listnet": "ListNet", "ranknet": "RankNet",
+             "ernie": "ERNIE-Search", "margin_ranking": "margin ranking"}
+    parts = [names.get(k, k) for k in teacher_losses] + (["InfoNCE"] if "contrastive" in loss else [])
+    return f"distilled student ({' + '.join(parts)})"
+
+
+def system_runs(ctx: steps.Context, eval_run: Run, base_encoder: Any, zero_shot_store: Any, label_dense: Any,
+                teacher_runs: dict[str, Run], model_dir: Path) -> dict[str, Run]:
+    """Every reported system's run on the evaluation queries, in report order."""
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.index.hybrid import fuse
+
+    cfg = ctx.cfg
+    runs = {"bm25": eval_run, "zero-shot dense": steps.dense_run(base_encoder, zero_shot_store, ctx)}
+    if label_dense is not None:  # the labels-only reference: a teacher member trained on every training query
+        member = DenseEncoder.from_pretrained(label_dense.full_models[0])
+        runs["labels-only student (teacher member, InfoNCE, query-side)"] = steps.dense_run(member, zero_shot_store, ctx)
+    if "cross_encoder" in teacher_runs:
+        runs[f"cross-encoder rerank (top {cfg.teacher.rerank_depth})"] = teacher_runs["cross_encoder"]
+    fusion = " + ".join(f"{w:g} {n}" for n, w in cfg.teacher.fusion.items() if w > 0)
+    runs[f"teacher rerank ({fusion}; top {cfg.teacher.rerank_depth})"] = teacher_runs["fused"]
+    name = student_label(cfg.student.loss)
+    runs[name] = student = student_dev_run(ctx, model_dir, zero_shot_store)
+    # the student fused with BM25 (per-query z-scores), with the BM25 weight the teacher signal uses
+    w = cfg.teacher.fusion.get("bm25", 0) or 0.5
+    runs[f"{name} + {w:g} BM25 hybrid"] = fuse([student, eval_run], [1.0, w], method="zscore", k=100)
+    return runs
+
+
+def write_runs(folder: Path, runs: dict[str, Run]) -> None:
+    """One TREC run file per system, named after its row (atomic writes)."""
+    import re
+
+    from densekd.data.trec import write_run
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, run in runs.items():
+        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:80]
+        write_run(folder / f"{slug}.trec", run, tag=slug[:32])
+
+
+def export_sentence_transformers(model_dir: Path, out: Path) -> None:
+    """The student as a sentence-transformers folder (a query/document ``Router`` for separate towers);
+    built beside ``out`` and renamed into place, so an existing export survives a failure."""
+    import shutil
+    import tempfile
+
+    from densekd.encoders.dense import DenseEncoder
+
+    tmp = Path(tempfile.mkdtemp(prefix=".st-", dir=out.parent))
+    try:
+        DenseEncoder.from_pretrained(model_dir).export_sentence_transformers(tmp / "model")
+        if out.exists():  # moved aside, not deleted, until the new export is in place
+            out.rename(tmp / "previous")
+        (tmp / "model").rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_report(ctx: steps.Context, result: dict[str, Any], scored: list[TrainGroup], student_dir: Path) -> None:
@@ -223,10 +195,13 @@ def _write_report(ctx: steps.Context, result: dict[str, Any], scored: list[Train
                    for name, t in result["steps"].items()}
     steps_table = "| step | seconds | reused from cache |\n|---|---|---|\n" + "".join(
         f"| {n} | {v['seconds']} | {v['cached']} |\n" for n, v in timing_rows.items())
+    split = ctx.cfg.data.eval_split
     sections = [
-        ("Dev results", report.metrics_table(result["rows"], steps.METRICS)
-         + f"\nData: `{ctx.cfg.data.root}`, {len(ctx.eval_qrels)} {ctx.cfg.data.eval_split} queries, "
-           f"{len(ctx.corpus)} passages; {len(scored)} training queries.\n"),
+        (f"Results on the {split} split", report.metrics_table(result["rows"], steps.METRICS)
+         + f"\nData: `{ctx.cfg.data.root}`, {len(ctx.eval_qrels)} {split} queries, "
+           f"{len(ctx.corpus)} passages; {len(scored)} training queries. Each system's TREC run file is in "
+           f"`runs/`; the student as a sentence-transformers model in `sentence-transformers/` "
+           f"(`encode_query` / `encode_document`).\n"),
         ("Steps", steps_table),
         ("Student training", (f"{result['student']}\n\n" + ("![training](training.png)\n" if has_training else ""))),
         ("Teacher scores", "![teacher scores](teacher_scores.png)\n" if has_scores else "no scores\n"),

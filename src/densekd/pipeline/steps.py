@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from densekd.data.beir import load_corpus, load_qrels, load_queries
 from densekd.data.io import DataFormatError, write_json, write_jsonl
 from densekd.data.trec import load_run, write_run
 from densekd.data.types import Corpus, Qrels, Queries, Run, TrainGroup
-from densekd.eval.metrics import evaluate
 from densekd.pipeline.cache import cache_key, cached_step, file_digest
 from densekd.pipeline.checkpoints import (  # noqa: F401 (re-exported: steps.train_resumable etc.)
     checkpoint_folder,
@@ -44,9 +43,14 @@ from densekd.pipeline.checkpoints import (  # noqa: F401 (re-exported: steps.tra
     training_args,
 )
 from densekd.pipeline.config import PipelineConfig
+from densekd.pipeline.teacher_signal import (  # noqa: F401 (re-exported: the benches read them as steps.*)
+    METRICS,
+    dense_signal,
+    fuse_groups,
+    teacher_dev_metrics,
+)
 
 log = logging.getLogger(__name__)
-METRICS = ["ndcg@10", "mrr@10", "recall@100", "map"]
 
 
 @dataclass
@@ -86,7 +90,15 @@ def load_context(cfg: PipelineConfig) -> Context:
     if cfg.data.max_train_queries:
         train_qrels = dict(list(train_qrels.items())[: cfg.data.max_train_queries])
     eval_qrels = load_qrels(files[3], corpus=corpus, queries=queries)
-    return Context(cfg, corpus, queries, train_qrels, eval_qrels, data_key=file_digest(*files))
+    data_key = file_digest(*files)
+    if cfg.data.pseudo_queries:  # self-supervised queries join the training set (their own key part)
+        from densekd.mining.pseudo_queries import sentence_queries
+
+        pseudo, pseudo_qrels = sentence_queries(corpus, cfg.data.pseudo_queries, cfg.data.pseudo_seed)
+        queries = {**queries, **pseudo}
+        train_qrels = {**train_qrels, **pseudo_qrels}
+        data_key = cache_key(data_key, "pseudo-v1", cfg.data.pseudo_queries, cfg.data.pseudo_seed)
+    return Context(cfg, corpus, queries, train_qrels, eval_qrels, data_key=data_key)
 
 
 def _texts(ctx: Context, qrels: Qrels) -> dict[str, str]:
@@ -119,7 +131,10 @@ def mine(ctx: Context, train_run: Run, bm25_key: str) -> tuple[list[TrainGroup],
     from densekd.mining.negatives import mine_negatives_with_stats
 
     m = ctx.cfg.mining
-    key = cache_key("mine-v1", bm25_key, m)
+    # the candidate run's key (bm25_key) already says where candidates come from: the default
+    # ``retrieval`` stays out of the key, so mined groups cached before the field existed stay valid
+    settings = {k: v for k, v in asdict(m).items() if not (k == "retrieval" and v == "bm25")}
+    key = cache_key("mine-v1", bm25_key, settings)
     folder = ctx.cache / "mined" / key
 
     def compute(out: Path) -> dict[str, Any]:
@@ -340,72 +355,23 @@ def passage_token_states(ctx: Context, model_path: str | None, max_length: int, 
     return states
 
 
-def dense_run(encoder: Any, store: Any, ctx: Context) -> Run:
-    """Exact (Flat) search of the evaluation queries against stored passage vectors."""
-    qrels_texts = _texts(ctx, ctx.eval_qrels)
+def dense_run(encoder: Any, store: Any, ctx: Context, qrels: Qrels | None = None, k: int = 100) -> Run:
+    """Exact (Flat) search of the evaluation queries (or those of ``qrels``) against stored passage vectors."""
+    qrels_texts = _texts(ctx, ctx.eval_qrels if qrels is None else qrels)
     qids = list(qrels_texts)
     q = encoder.encode_queries([qrels_texts[qid] for qid in qids])
-    return store.to_faiss("Flat", show_progress=False).search(q, qids, k=100)
+    return store.to_faiss("Flat", show_progress=False).search(q, qids, k=k)
 
 
-def dense_signal(encoder: Any, store: Any, texts: dict[str, str], candidates: dict[str, list[str]]) -> Run:
-    """Dense scores ``q . p`` of each query's candidates, from stored passage vectors (no passage encoding)."""
-    import numpy as np
+def candidate_run(ctx: Context, train_run: Run, bm25_key: str, base_encoder: Any, store: Any) -> tuple[Run, str]:
+    """The run negatives are mined from: BM25's (``mining.retrieval: bm25``), or BM25's and the zero-shot
+    dense retriever's top ``mining.depth`` fused by reciprocal rank (``bm25+dense``), so the teacher
+    scores lexical and semantic near-misses alike. Returns the run and its cache key (BM25's alone
+    keeps the BM25 key, so existing mined groups stay valid)."""
+    from densekd.index.hybrid import fuse
 
-    row = {pid: i for i, pid in enumerate(store.ids)}
-    qids = list(candidates)
-    q = encoder.encode_queries([texts[qid] for qid in qids])
-    emb = store.embeddings
-    out: Run = {}
-    for qi, qid in enumerate(qids):
-        pids = candidates[qid]
-        scores = np.asarray(emb[[row[p] for p in pids]]) @ q[qi]
-        out[qid] = dict(zip(pids, scores.tolist()))
-    return out
-
-
-def fuse_groups(ctx: Context, groups: list[TrainGroup], train_run: Run, base_encoder: Any, store: Any) -> list[TrainGroup]:
-    """Replace each group's cross-encoder logits by the configured fused teacher signal."""
-    from densekd.teachers.fusion import fuse_candidates
-
-    weights = ctx.cfg.teacher.fusion
-    if set(k for k, w in weights.items() if w > 0) == {"cross_encoder"} and weights["cross_encoder"] == 1.0:
-        return groups
-    cands = {g.qid: g.pos_ids + g.neg_ids for g in groups}
-    dense = dense_signal(base_encoder, store, _texts(ctx, {g.qid: {} for g in groups}), cands) \
-        if weights.get("dense", 0) > 0 else {}
-    fused = []
-    for g in groups:
-        signals = {"cross_encoder": g.teacher_scores, "bm25": train_run.get(g.qid, {}), "dense": dense.get(g.qid, {})}
-        scores = fuse_candidates(cands[g.qid], signals, weights)
-        fused.append(TrainGroup(g.qid, g.pos_ids, g.neg_ids, scores, g.extra_passages))
-    return fused
-
-
-def teacher_dev_metrics(ctx: Context, ce_run: Run, eval_run: Run, base_encoder: Any, store: Any,
-                        weights: dict[str, float] | None = None) -> dict[str, dict]:
-    """Dev metrics of the teacher reranking BM25's top ``rerank_depth`` (cross-encoder alone and fused).
-
-    Below the reranked depth BM25's order is kept, so recall@100 stays comparable with BM25's.
-    ``weights`` defaults to the configured fusion; ``base_encoder``/``store`` are only needed when it
-    uses the dense signal.
-    """
-    from densekd.teachers.fusion import fuse_candidates
-
-    weights = ctx.cfg.teacher.fusion if weights is None else weights
-    cands = {qid: list(ce_run[qid]) for qid in ce_run}
-    dense = dense_signal(base_encoder, store, _texts(ctx, ce_run), cands) if weights.get("dense", 0) > 0 else {}
-
-    def with_tail(head: Run) -> Run:
-        out: Run = {}
-        for qid, scores in head.items():
-            ranked = sorted(scores, key=lambda p: -scores[p])
-            tail = [p for p in sorted(eval_run.get(qid, {}), key=lambda p: -eval_run[qid][p]) if p not in scores]
-            order = ranked + tail
-            out[qid] = {pid: float(len(order) - i) for i, pid in enumerate(order)}
-        return out
-
-    fused = {qid: fuse_candidates(cands[qid], {"cross_encoder": ce_run[qid], "bm25": eval_run.get(qid, {}),
-                                               "dense": dense.get(qid, {})}, weights) for qid in cands}
-    return {"cross_encoder": evaluate(with_tail(ce_run), ctx.eval_qrels, METRICS),
-            "fused": evaluate(with_tail(fused), ctx.eval_qrels, METRICS)}
+    if ctx.cfg.mining.retrieval == "bm25":
+        return train_run, bm25_key
+    depth = ctx.cfg.mining.depth
+    dense = dense_run(base_encoder, store, ctx, ctx.train_qrels, k=depth)
+    return fuse([train_run, dense], method="rrf", k=2 * depth), cache_key("bm25+dense-v1", bm25_key, store.fingerprint)

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-SIGNALS = ("cross_encoder", "bm25", "dense")
+SIGNALS = ("cross_encoder", "bm25", "dense", "label_dense")
 
 
 def check_weights(weights: Mapping[str, float]) -> None:

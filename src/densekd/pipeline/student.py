@@ -1,0 +1,129 @@
+"""Training the dual-encoder student: one cached, resumable step shared by every recipe.
+
+:func:`train_student` distils a list of :class:`~densekd.data.types.TrainGroup` s into the student the
+``student`` section describes (its loss may be labels-only, e.g. ``{"contrastive": {}}``: the ensemble
+teacher's labels-only members are trained by this same step). The output folder ``ctx.out / "student"``
+is reused when its ``DONE.json`` records the same key; checkpoints every ``student.save_steps`` go to
+``output_dir/checkpoints/student/<key>/`` and a rerun resumes from the newest one
+(:mod:`densekd.pipeline.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from densekd.data.types import Run, TrainGroup
+from densekd.pipeline import steps
+from densekd.pipeline.cache import cache_key, cached_step
+
+
+def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> tuple[Path, dict[str, Any]]:
+    """Distil the teacher's scores into the dual-encoder student (cached on its inputs' key).
+
+    Checkpoints every ``student.save_steps`` go to ``output_dir/checkpoints/student/<key>/``; a rerun
+    with the same key resumes from the newest one (module docstring).
+    """
+    import shutil
+
+    from densekd.training.callbacks import RetrievalEvalCallback
+    from densekd.training.config import DistillConfig
+    from densekd.training.dataset import TrainGroupDataset
+    from densekd.training.trainer import DistillTrainer
+
+    s = ctx.cfg.student
+    settings = _student_settings(s)
+    key = cache_key("student-v1", settings, [g.to_json() for g in groups])
+    folder = ctx.out / "student"
+    checkpoints = steps.checkpoint_folder(ctx.out, "student", key)
+
+    def compute(out: Path) -> dict[str, Any]:
+        for stale in checkpoints.parent.glob("*"):  # one student per output_dir: other settings' leftovers
+            if stale != checkpoints:
+                shutil.rmtree(stale, ignore_errors=True)
+        args = DistillConfig(
+            per_device_train_batch_size=s.batch_size,
+            num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,  # warmup_steps < 1 is a ratio
+            warmup_steps=s.warmup_ratio, seed=s.seed, group_size=s.group_size, loss=s.loss,
+            train_mode=s.train_mode, logging_steps=s.logging_steps, lr_scheduler_type="linear",
+            **steps.training_args(s.save_steps, checkpoints))
+        encoder = _build_student(s)
+        dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=s.group_size, seed=s.seed,
+                                    extra_per_group=s.dark_examples.extra_per_group)
+        callbacks = []
+        if s.self_paced.enabled:
+            from densekd.training.self_paced import SelfPacedDataset, SelfPacedLogCallback, SelfPacedSelector
+
+            dataset = SelfPacedDataset(dataset, SelfPacedSelector(groups, s.self_paced.to_config()))
+            callbacks.append(SelfPacedLogCallback(dataset))
+        if s.eval_steps:
+            callbacks.append(RetrievalEvalCallback(ctx.queries, ctx.corpus, ctx.eval_qrels,
+                                                   every_n_steps=s.eval_steps, passage_embeddings=store
+                                                   if s.train_mode == "query_only" else None))
+        trainer = DistillTrainer(model=encoder, args=args, train_dataset=dataset, callbacks=callbacks,
+                                 passage_embeddings=_passage_table(ctx, s, store))
+        summary = steps.train_resumable(trainer, checkpoints, "student", out)
+        encoder.save_pretrained(out / "model")
+        n = summary.pop("steps_this_run") * s.batch_size  # this process's steps only
+        return {**summary, "queries_per_s": round(n / summary["train_seconds"], 2)}
+
+    start = time.perf_counter()
+    summary, reused = cached_step(folder, compute, {"student": settings}, key=key)
+    steps.drop_checkpoints(checkpoints)  # the marker is written: they are no longer needed
+    ctx.record("student", start, reused)
+    return folder / "model", summary
+
+
+def _build_student(s: Any) -> Any:
+    """The student model the section asks for, from its start checkpoint."""
+    from densekd.encoders.dense import DenseEncoder
+
+    lengths = {"query_max_length": s.query_max_length, "passage_max_length": s.passage_max_length}
+    if s.architecture == "ernie":
+        from densekd.encoders.ernie import ErnieSearchModel
+
+        torch.manual_seed(s.seed)  # the ColBERT head is new: seed its initialisation
+        return ErnieSearchModel.from_pretrained(s.model, colbert_dim=s.colbert_dim, **lengths)
+    return DenseEncoder.from_pretrained(s.model, **lengths)
+
+
+def _passage_table(ctx: steps.Context, s: Any, store: Any) -> Any:
+    """The frozen passage side a ``query_only`` student reads (``None`` in full mode): the cached passage
+    vectors ``store``, or for an ERNIE-Search student the start model's cached token states (its ColBERT
+    head needs passage tokens; their pooled vectors are the same as ``store``'s)."""
+    if s.train_mode != "query_only":
+        return None
+    if s.architecture == "ernie":
+        return steps.passage_token_states(ctx, s.model, s.passage_max_length, "student")
+    return store
+
+
+def _student_settings(s: Any) -> dict[str, Any]:
+    """The student section as a dict, without the sections that are off or at their defaults: a run
+    that does not use them keeps the cache key it had before they existed."""
+    settings = asdict(s)
+    del settings["save_steps"]  # where training may resume from does not change the model
+    for name in ("dark_examples", "self_paced"):
+        if not settings[name]["enabled"]:
+            del settings[name]
+    if settings["architecture"] == "dense":
+        del settings["architecture"], settings["colbert_dim"]
+    return settings
+
+
+def student_dev_run(ctx: steps.Context, model_dir: Path, zero_shot_store: Any) -> Run:
+    """The trained student's run on the evaluation queries (a ``query_only`` student searches the frozen
+    zero-shot vectors; a fully trained one re-encodes the corpus, cached)."""
+    from densekd.encoders.dense import DenseEncoder
+
+    encoder = DenseEncoder.from_pretrained(model_dir)
+    if ctx.cfg.student.train_mode == "query_only":
+        # the passage tower is frozen: the base model's cached corpus vectors are the student's
+        store = zero_shot_store
+    else:
+        store = steps.corpus_embeddings(ctx, str(model_dir), ctx.cfg.student.passage_max_length, "student")
+    return steps.dense_run(encoder, store, ctx)

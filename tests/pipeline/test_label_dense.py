@@ -1,0 +1,82 @@
+"""The cross-fitted labels-only teacher members and the teacher signal built from them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from densekd.encoders.dense import DenseEncoder
+from densekd.pipeline.label_dense import LabelDense, assign_folds
+from densekd.pipeline.teacher_signal import dense_signal, fuse_run, ranked_union, with_tail
+
+
+def test_folds_are_stable_balanced_and_independent_of_other_queries():
+    qids = [f"q{i}" for i in range(400)]
+    folds = assign_folds(qids, 3)
+    assert set(folds.values()) == {0, 1, 2}
+    assert min(np.bincount(list(folds.values()))) > 100  # a hash split: roughly a third each
+    assert assign_folds(qids[:50], 3) == {q: folds[q] for q in qids[:50]}  # adding queries moves none
+    assert assign_folds(qids, 3, seed=1) != folds
+    with pytest.raises(ValueError, match="folds must be >= 2"):
+        assign_folds(qids, 1)
+
+
+class _Store:
+    def __init__(self, ids, embeddings):
+        self.ids, self.embeddings = ids, embeddings
+
+
+def _member(tiny_bert_path, path, seed):
+    torch.manual_seed(seed)
+    enc = DenseEncoder.from_pretrained(tiny_bert_path)
+    with torch.no_grad():
+        for param in enc.query_model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    enc.save_pretrained(path)
+    return path
+
+
+def test_a_training_query_is_scored_only_by_members_that_never_saw_it(tiny_bert_path, tmp_path):
+    members = [_member(tiny_bert_path, tmp_path / f"m{i}", i) for i in range(4)]
+    rng = np.random.default_rng(0)
+    store = _Store(["a", "b", "c"], rng.normal(size=(3, 32)).astype(np.float32))
+    texts = {"t0": "aspirin and heart attacks", "t1": "vitamin c", "new": "lung cancer causes"}
+    cands = {q: ["a", "b", "c"] for q in texts}
+    ld = LabelDense({"t0": 0, "t1": 1}, fold_models=[[members[0]], [members[1]]], full_models=[members[2], members[3]])
+    got = ld.scores(store, texts, cands)
+
+    def alone(member, qid):
+        return dense_signal(DenseEncoder.from_pretrained(member), store, texts, {qid: cands[qid]})[qid]
+
+    for qid, member in (("t0", members[0]), ("t1", members[1])):
+        np.testing.assert_allclose([got[qid][p] for p in "abc"], [alone(member, qid)[p] for p in "abc"], rtol=1e-5)
+    full = [np.mean([alone(m, "new")[p] for m in members[2:]]) for p in "abc"]
+    np.testing.assert_allclose([got["new"][p] for p in "abc"], full, rtol=1e-5)
+    assert not np.allclose([got["t0"][p] for p in "abc"], [alone(members[1], "t0")[p] for p in "abc"])
+
+
+def test_ranked_union_keeps_run_order_and_each_id_once():
+    bm25 = {"q": {"a": 3.0, "b": 2.0, "c": 1.0}}
+    dense = {"q": {"c": 0.9, "d": 0.8, "a": 0.1}, "r": {"x": 1.0}}
+    assert ranked_union([bm25, dense], 2) == {"q": ["a", "b", "c", "d"], "r": ["x"]}
+
+
+def test_with_tail_ranks_the_head_then_the_first_stage_order():
+    head = {"q": {"b": 5.0, "a": 1.0}}
+    tail = {"q": {"a": 9.0, "c": 8.0, "b": 7.0, "d": 6.0}}
+    out = with_tail(head, [tail])
+    assert sorted(out["q"], key=lambda p: -out["q"][p]) == ["b", "a", "c", "d"]
+
+
+def test_fused_signal_is_the_weighted_sum_of_per_query_zscores():
+    cands = {"q": ["a", "b", "c"]}
+    signals = {"bm25": {"q": {"a": 10.0, "b": 0.0, "c": 5.0}}, "label_dense": {"q": {"a": 0.1, "b": 0.9, "c": 0.5}}}
+    fused = fuse_run(cands, signals, {"bm25": 0.5, "label_dense": 1.0})["q"]
+
+    def z(x):
+        x = np.asarray(x)
+        return (x - x.mean()) / x.std()
+
+    expected = 0.5 * z([10.0, 0.0, 5.0]) + z([0.1, 0.9, 0.5])
+    np.testing.assert_allclose([fused[p] for p in "abc"], expected, rtol=1e-9)
