@@ -220,8 +220,11 @@ class FidKDConfig:
         from densekd.teachers.fid import PRESETS
         from densekd.training.config import TRAIN_MODES
 
+        from densekd.pipeline.validate import check_numbers
+
         if self.method != FIDKD_METHOD:
             raise ValueError(f"method must be {FIDKD_METHOD!r} for this schema, got {self.method!r}")
+        check_numbers(self)  # every number finite and in range, errors naming the key
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         r = self.retrieval

@@ -45,9 +45,8 @@ def make_stage_parser(subparsers: argparse._SubParsersAction, name: str) -> argp
     from densekd.pipeline.fidkd_config import FidKDConfig
 
     parser = subparsers.add_parser(name, help=STAGES[name][1], description=__doc__, epilog=EPILOG
-                                   + "  method (distill | fidkd), name, output_dir, cache_dir, encode_batch_size\n"
-                                   + settings_help(PipelineConfig)
-                                   + "\nsettings of method: fidkd (also iterations):\n" + settings_help(FidKDConfig),
+                                   + settings_help(PipelineConfig, top_level=True)
+                                   + "\n\nsettings of method: fidkd:\n" + settings_help(FidKDConfig, top_level=True),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", metavar="CONFIG.yaml", help="pipeline configuration file")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
