@@ -224,7 +224,7 @@ def _write_report(ctx: steps.Context, result: dict[str, Any], scored: list[Train
     steps_table = "| step | seconds | reused from cache |\n|---|---|---|\n" + "".join(
         f"| {n} | {v['seconds']} | {v['cached']} |\n" for n, v in timing_rows.items())
     sections = [
-        ("Dev results", report.metrics_table(result["rows"], steps.METRICS)
+        (f"Results on {ctx.cfg.data.eval_split}", report.metrics_table(result["rows"], steps.METRICS)
          + f"\nData: `{ctx.cfg.data.root}`, {len(ctx.eval_qrels)} {ctx.cfg.data.eval_split} queries, "
            f"{len(ctx.corpus)} passages; {len(scored)} training queries.\n"),
         ("Steps", steps_table),

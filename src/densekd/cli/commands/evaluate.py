@@ -79,10 +79,13 @@ def make_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 def _check(cfg: EvaluateConfig, source: str | None) -> None:
     from densekd.eval.metrics import check_metrics
 
+    if not cfg.metrics:
+        raise DataFormatError(source, "key 'metrics' is empty: name at least one metric "
+                                      f"({', '.join(VALID_METRICS)})")
     try:
         check_metrics(cfg.metrics)
     except ValueError as e:
-        raise DataFormatError(source, str(e)) from None
+        raise DataFormatError(source, f"key 'metrics': {e}") from None
     if (cfg.queries is None) != (cfg.corpus is None):
         raise DataFormatError(source, "answer recall needs both --queries and --corpus")
 
@@ -116,6 +119,11 @@ def main(args: argparse.Namespace) -> int:
     """Run ``densekd evaluate``."""
     cfg = config_from_args(args, EvaluateConfig)
     _check(cfg, getattr(args, "config", None))
+    if cfg.out is not None:
+        from densekd.cli.outputs import check_output
+
+        check_output("--out", cfg.out, {"--run": cfg.run, "--qrels": cfg.qrels, "--queries": cfg.queries,
+                                        "--corpus": cfg.corpus})
     from densekd.data.beir import load_qrels
     from densekd.data.io import write_json
     from densekd.data.trec import load_run
