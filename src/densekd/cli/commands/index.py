@@ -128,6 +128,12 @@ def _bm25_index(cfg: IndexConfig, corpus: Any, source: str | None) -> Any:
     return index.index(corpus)
 
 
+def _faiss_reason(error: Exception) -> str:
+    # faiss prefixes its messages with the C++ function and source position: keep the reason only
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text.rsplit(": ", 1)[-1] if "Error in " in text else text
+
+
 def _load_encoder(cfg: IndexConfig) -> Any:
     """The encoder, after every check that can fail without encoding (model, max_length, factory)."""
     from densekd.encoders.dense import DenseEncoder
@@ -141,7 +147,8 @@ def _load_encoder(cfg: IndexConfig) -> Any:
     try:
         FaissIndex(encoder.dim, cfg.factory, "ip")
     except ValueError as e:
-        raise DataFormatError(None, f"key 'factory': {e}") from None
+        raise DataFormatError(None, f"key 'factory': invalid faiss factory string {cfg.factory!r} "
+                                    f"({_faiss_reason(e)})") from None
     return encoder
 
 
@@ -182,8 +189,10 @@ def _build_dense(cfg: IndexConfig, corpus: Any, out: Path) -> None:
         try:
             store.to_faiss(cfg.factory, metric="ip").save(tmp / "faiss")
         except (ValueError, RuntimeError) as e:  # e.g. an IVF factory with more lists than passages
+            # bad input writes nothing: the vectors go too (a rerun with a valid factory re-encodes)
+            shutil.rmtree(stage, ignore_errors=True)
             raise DataFormatError(None, f"key 'factory': cannot build {cfg.factory!r} over "
-                                        f"{len(corpus)} passages ({str(e).splitlines()[0]})") from None
+                                        f"{len(corpus)} passages ({_faiss_reason(e)})") from None
         write_json(tmp / MANIFEST, {"kind": "dense", "corpus": str(cfg.corpus), "passages": len(corpus), **extra})
         os.replace(stage, tmp / "embeddings")  # last: a failure above keeps the vectors for a rerun
     print(f"densekd index: {len(corpus)} passages -> {out} (dense)", file=sys.stderr)
