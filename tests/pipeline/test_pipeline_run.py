@@ -40,6 +40,7 @@ def test_run_end_to_end_then_fully_cached(tmp_path, toy_beir_dir, tiny_bert_path
         assert 0.0 <= row["ndcg@10"] <= 1.0
     assert first["student"]["steps"] == 3
     report = (out / "report.md").read_text()
+    assert "## Results on dev" in report  # the section names the evaluated split
     assert "distilled student" in report and (out / "training.png").is_file() and (out / "teacher_scores.png").is_file()
     history = json.loads((out / "student" / "log_history.json").read_text())
     assert any("loss" in h for h in history)
