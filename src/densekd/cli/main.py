@@ -100,10 +100,14 @@ def configure_logging(verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
             handler.addFilter(_QuietLibraries())
-    # transformers logs its weight-loading report (a table about the new classifier head) as a warning.
+    # transformers logs its weight-loading report (a table about the new classifier head) as a warning,
+    # and draws a bar for loading the weights (seconds); the Trainer's own training bar is plain tqdm
+    # and stays. Both settings are read when transformers / huggingface_hub are imported.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if "transformers" in sys.modules:  # already imported (env var read at import): set it directly
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported: set them directly
         sys.modules["transformers"].utils.logging.set_verbosity_error()
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
