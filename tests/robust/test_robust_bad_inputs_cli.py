@@ -100,7 +100,7 @@ def pipeline_with(overrides: tuple[str, ...] = (), cfg_update: dict | None = Non
         path = _text(env.tmp / "pipe.yaml", cfg_text.replace("BERT", env.bert) if cfg_text else yaml.safe_dump(cfg))
         argv = ["mine", str(path)]
         for item in overrides:
-            argv += ["--set", item]
+            argv += ["--set", item.replace("RUNFILE", str(_run(env)))]
         return argv, needle.replace("CONFIG", str(path))
     return case
 
@@ -141,6 +141,8 @@ SILENT_WRONG = {
     "metrics-empty-list": evaluate_with(extra=("--set", "metrics=[]"), needle=lambda e, r, q: "metrics"),
     "metrics-unknown-name": evaluate_with(extra=("--set", "metrics=[ndcg@0]"), needle=lambda e, r, q: "metrics"),
     "set-k-sexagesimal": search_with(extra=("--set", "k=1:30"), needle=lambda e, q: "'k'"),
+    "run-file-empty": evaluate_with(run="", needle=lambda e, r, q: f"{r}: no ranked documents"),
+    "run-file-blank-lines": evaluate_with(run="\n \r\n", needle=lambda e, r, q: f"{r}: no ranked documents"),
 }
 
 DESTROYED = {
@@ -170,7 +172,16 @@ DESTROYED = {
                                       needle=lambda e, c, o: "--corpus"),
     "index-out-holds-corpus": index_with(corpus=CORPUS, out=lambda env: str(env.tmp),
                                          needle=lambda e, c, o: "--corpus"),
+    "index-out-is-a-folder-of-user-files": index_with(out=lambda env: str(_user_folder(env)),
+                                                      needle=lambda e, c, o: f"{o}: --out is a folder that holds files"),
 }
+
+
+def _user_folder(env: Env) -> Path:
+    folder = env.tmp / "my-notes"
+    folder.mkdir()
+    _text(folder / "thesis.txt", "months of work")
+    return folder
 
 
 def _write_manifest(text: str) -> Callable[[Env], Path]:
@@ -203,6 +214,8 @@ TRACEBACKS = {
     "search-out-onto-a-folder": search_with(out=lambda env: str(env.tmp), needle=lambda e, q: "is a folder"),
     "evaluate-out-onto-a-folder": evaluate_with(extra=("--out", "TMP"), needle=lambda e, r, q: "is a folder"),
     "index-out-onto-a-file": index_with(out=lambda env: str(_run(env)), needle=lambda e, c, o: "is a file"),
+    "pipeline-output-dir-under-a-file": pipeline_with(("output_dir=RUNFILE/out",), needle="key 'output_dir'"),
+    "pipeline-cache-dir-empty": pipeline_with(("cache_dir=' '",), needle="key 'cache_dir'"),
     "search-out-in-read-only-folder": search_with(out=lambda env: str(_read_only(env) / "run.trec"),
                                                   needle=lambda e, q: "permission denied"),
 }
@@ -231,6 +244,11 @@ NUMBERS = {
     "encode-batch-size-zero-in-file": pipeline_with(cfg_update={"encode_batch_size": 0},
                                                     needle="CONFIG: key 'encode_batch_size'"),
     "student-group-size-one": pipeline_with(("student.group_size=1",), needle="student.group_size"),
+    "teacher-score-batch-size-zero": pipeline_with(("teacher.score_batch_size=0",), needle="teacher.score_batch_size"),
+    "self-paced-fraction-nan": pipeline_with(("student.self_paced.end_fraction=.nan",),
+                                             needle="student.self_paced.end_fraction"),
+    "search-k-zero": search_with(extra=("-k", "0"), needle=lambda e, q: "k"),
+    "index-batch-size-zero": index_with(extra=("--batch-size", "0"), needle=lambda e, c, o: "batch_size"),
 }
 
 CASES: dict[str, Case] = {**{f"silent/{k}": v for k, v in SILENT_WRONG.items()},

@@ -1,4 +1,5 @@
-"""One validation pass over every number of a pipeline config (:func:`check_numbers`).
+"""One validation pass over every number of a config (:func:`check_numbers`): the pipeline configs and
+the settings of ``densekd index`` / ``search``.
 
 Contracts
 ---------
@@ -64,6 +65,12 @@ RULES: dict[str, Rule] = {
     "eval_steps": NON_NEGATIVE,
     "logging_steps": AT_LEAST_1,
     "gradient_accumulation_steps": AT_LEAST_1,
+    # settings of the building-block commands (densekd index / search)
+    "k1": POSITIVE,
+    "b": FRACTION,
+    "chunk_size": AT_LEAST_1,
+    "num_shards": AT_LEAST_1,
+    "shard_index": NON_NEGATIVE,
 }
 
 

@@ -130,6 +130,8 @@ def main(args: argparse.Namespace) -> int:
     from densekd.eval.metrics import evaluate, judged_queries
 
     run, qrels = load_run(cfg.run), load_qrels(cfg.qrels)
+    if not run:
+        raise DataFormatError(cfg.run, "no ranked documents in this run file: nothing to evaluate")
     judged = judged_queries(qrels)
     if not judged:
         raise DataFormatError(cfg.qrels, "no query has a relevant document (score > 0)")
@@ -138,6 +140,9 @@ def main(args: argparse.Namespace) -> int:
         results.update(_answer_recall(cfg, run, judged))
     missing = sum(1 for qid in judged if not run.get(qid))
     note = f"\n{len(judged)} judged queries" + (f", {missing} missing from the run (scored 0)" if missing else "")
+    if missing == len(judged):  # almost always ids that differ between the files, not a useless retriever
+        note += (f"\nwarning: no judged query of {cfg.qrels} is in {cfg.run}: do the query ids match "
+                 f"(e.g. {judged[0]!r} vs {next(iter(run))!r})?")
     print(format_table(results, note))
     if cfg.out:
         write_json(cfg.out, results)

@@ -73,8 +73,9 @@ class IndexConfig:
     bm25: BM25Settings = field(default_factory=BM25Settings)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_length < 1 or self.chunk_size < 1:
-            raise ValueError("batch_size, max_length and chunk_size must be positive")
+        from densekd.pipeline.validate import check_numbers
+
+        check_numbers(self)  # every number finite and in range (bm25.k1 > 0, 0 <= bm25.b <= 1, ...), naming the key
         if (self.num_shards is None) != (self.shard_index is None):
             raise ValueError("give both num_shards and shard_index, or neither (torchrun sets them)")
         if self.num_shards is not None and self.shard_index is not None:
@@ -207,6 +208,10 @@ def main(args: argparse.Namespace) -> int:
     from densekd.index._storage import atomic_dir
 
     out = check_output("--out", cfg.out, {"--corpus": cfg.corpus, "--model": cfg.model}, kind="dir")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        # publishing replaces the whole folder: never delete a folder of the user's own files
+        raise DataFormatError(out, "--out is a folder that holds files but no densekd index "
+                                   f"(no {MANIFEST}): refusing to replace it (choose a new or empty folder)")
     if cfg.kind == "dense":
         check_model_folder("--model", cfg.model)
     corpus = load_corpus(cfg.corpus, allow_empty=cfg.allow_empty)

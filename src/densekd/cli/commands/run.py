@@ -92,6 +92,10 @@ def main(args: argparse.Namespace) -> int:
         raise DataFormatError(args.config, f"method {method} has no stages: run it with `densekd run {args.config}`")
     cfg = load_config(args.config, args.overrides, methods.schema(method))
     check_model_folders(cfg)
+    from densekd.cli.outputs import check_output
+
+    for key in ("output_dir", "cache_dir"):
+        check_output(f"key '{key}'", getattr(cfg, key), {}, kind="dir")
     result = methods.run(cfg, until=args.stage)
     table = methods.summary(cfg, result)
     if table:

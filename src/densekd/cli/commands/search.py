@@ -42,8 +42,9 @@ class SearchConfig:
     max_length: int = field(default=64, metadata={"help": "dense only: query length limit in tokens"})
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.batch_size < 1 or self.max_length < 1:
-            raise ValueError("k, batch_size and max_length must be positive")
+        from densekd.pipeline.validate import check_numbers
+
+        check_numbers(self)  # k, batch_size, max_length >= 1, naming the key
 
 
 DESCRIPTION = """\
