@@ -164,9 +164,14 @@ def _publish_many(target: str, worker: int, times: int) -> str | None:
     return None
 
 
-def test_publish_is_atomic_under_many_racing_writers(tmp_path):
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "rename-aside"])
+def test_publish_is_atomic_under_many_racing_writers(tmp_path, monkeypatch, exchange):
     import multiprocessing
 
+    from densekd.index import _storage
+
+    if not exchange:  # the path taken on file systems without RENAME_EXCHANGE (forked workers inherit it)
+        monkeypatch.setattr(_storage, "_exchange", lambda a, b: False)
     target = tmp_path / "out"
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(4) as pool:

@@ -26,6 +26,7 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -162,8 +163,24 @@ def _staged_embeddings(out: Path) -> Path:
     """
     stage = out.parent / f".{out.name}.embeddings"
     if not stage.exists() and (out / "embeddings").is_dir():
-        shutil.copytree(out / "embeddings", stage, copy_function=os.link)
+        # copied under a temporary name first: shards started together must not see a half copy
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".stage", dir=out.parent))
+        try:
+            shutil.copytree(out / "embeddings", tmp / "embeddings", copy_function=_link_or_copy)
+            os.rename(tmp / "embeddings", stage)
+        except OSError:
+            if not stage.is_dir():  # not a peer that staged it first: a real failure
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return stage
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
 
 
 def _build_dense(cfg: IndexConfig, corpus: Any, out: Path) -> None:
