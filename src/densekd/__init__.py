@@ -33,7 +33,11 @@ _EXPORTS: dict[str, str] = {
     "DistillTrainer": "densekd.training.trainer",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "BM25Index", "CrossEncoder", "DataFormatError", "DenseEncoder", "DistillConfig", "DistillTrainer", "FaissIndex",
+    "__version__", "evaluate", "load_beir", "load_corpus", "load_qrels", "load_queries", "load_run", "write_run",
+]
+# (tests check that __all__ and _EXPORTS name the same objects)
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real objects
     from densekd.data.beir import load_beir, load_corpus, load_qrels, load_queries

@@ -166,6 +166,8 @@ DESTROYED = {
                                          needle=lambda e, q: "--queries"),
     "search-out-is-qrels": search_with(out=lambda env: str(_qrels(env)), extra=("--qrels", "QRELS_GOOD"),
                                        needle=lambda e, q: "--qrels"),
+    "search-out-inside-the-index": search_with(index=_own_index, out=lambda env: str(env.tmp / "idx" / "densekd_index.json"),
+                                               needle=lambda e, q: "--out is inside the input --index"),
     "evaluate-out-is-run": evaluate_with(extra=("--out", "RUN"), needle=lambda e, r, q: "--run"),
     "evaluate-out-is-qrels": evaluate_with(extra=("--out", "QRELS_GOOD"), needle=lambda e, r, q: "--qrels"),
     "index-out-is-corpus": index_with(corpus=CORPUS, out=lambda env: str(env.tmp / "corpus.jsonl"),
@@ -216,6 +218,7 @@ TRACEBACKS = {
     "index-out-onto-a-file": index_with(out=lambda env: str(_run(env)), needle=lambda e, c, o: "is a file"),
     "pipeline-output-dir-under-a-file": pipeline_with(("output_dir=RUNFILE/out",), needle="key 'output_dir'"),
     "pipeline-cache-dir-empty": pipeline_with(("cache_dir=' '",), needle="key 'cache_dir'"),
+    "search-out-name-too-long": search_with(out=lambda env: str(env.tmp / ("x" * 300)), needle=lambda e, q: "too long"),
     "search-out-in-read-only-folder": search_with(out=lambda env: str(_read_only(env) / "run.trec"),
                                                   needle=lambda e, q: "permission denied"),
 }

@@ -3,8 +3,9 @@ and writes nothing.
 
 Contracts
 ---------
-* :func:`check_output` refuses an empty path, an output that is one of the command's inputs (or, for
-  an output folder, that holds one: publishing the new folder would delete it), a path under a file,
+* :func:`check_output` refuses an empty path, an output that is one of the command's inputs, lies
+  inside an input folder (an index, a model), or, for an output folder, holds an input (publishing
+  the new folder would delete it), a path under a file,
   a file output onto a folder (and the reverse), and a folder the user cannot write in. Each raises
   :class:`~densekd.data.io.DataFormatError` naming the option and the path.
 * :func:`check_model_folder` refuses a ``--model`` that is not a folder (other than the bundled
@@ -66,10 +67,16 @@ def check_output(option: str, out: str | os.PathLike | None, inputs: Mapping[str
         if value is None or not str(value):
             continue
         src = Path(value)
-        if _same(path, src) or (kind == "dir" and src.exists() and _inside(src, path)):
-            what = "is" if _same(path, src) else "holds"
-            raise DataFormatError(path, f"{option} {what} the input {name}: refusing to overwrite it "
-                                        "(choose another output path)")
+        if _same(path, src):
+            what = "is"
+        elif kind == "dir" and src.exists() and _inside(src, path):
+            what = "holds"  # publishing the new folder would delete the input
+        elif src.is_dir() and _inside(path, src):
+            what = "is inside"  # e.g. a run written over a file of the --index folder
+        else:
+            continue
+        raise DataFormatError(path, f"{option} {what} the input {name}: refusing to overwrite it "
+                                    "(choose another output path)")
     if path.is_dir() and kind == "file":
         raise DataFormatError(path, f"{option}: is a folder, expected a file path")
     if path.exists() and not path.is_dir() and kind == "dir":

@@ -38,8 +38,7 @@ from typing import IO, Any
 
 from densekd.data.types import Corpus, Passage
 
-
-BOM = "\ufeff"
+BOM = "\ufeff"  # a UTF-8 byte-order mark, dropped at the start of a file (see the module docstring)
 
 
 class DataFormatError(ValueError):

@@ -217,10 +217,9 @@ class FidKDConfig:
     def __post_init__(self) -> None:
         # imports here: building a config for --help must not pull torch in
         from densekd.losses import build_loss
+        from densekd.pipeline.validate import check_numbers
         from densekd.teachers.fid import PRESETS
         from densekd.training.config import TRAIN_MODES
-
-        from densekd.pipeline.validate import check_numbers
 
         if self.method != FIDKD_METHOD:
             raise ValueError(f"method must be {FIDKD_METHOD!r} for this schema, got {self.method!r}")
