@@ -143,11 +143,10 @@ def main(args: argparse.Namespace) -> int:
     from densekd.cli.outputs import check_model_folder, check_output
     from densekd.data.trec import write_run
 
+    info = read_index_info(Path(cfg.index))  # first: "not an index" says more than any --out problem
     check_output("--out", cfg.out, {"--queries": cfg.queries, "--qrels": cfg.qrels, "--index": cfg.index,
                                     "--model": cfg.model})
     check_model_folder("--model", cfg.model)
-
-    info = read_index_info(Path(cfg.index))
     queries = _select_queries(cfg)
     if info["kind"] == "bm25":
         from densekd.index.bm25 import BM25Index
