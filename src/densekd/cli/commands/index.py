@@ -53,7 +53,8 @@ class IndexConfig:
     """Settings of ``densekd index`` (YAML keys = field names)."""
 
     corpus: str = field(metadata={"help": "BEIR corpus.jsonl to index", "metavar": "FILE"})
-    out: str = field(metadata={"help": "output folder (created; an index already there is replaced)", "metavar": "DIR"})
+    out: str = field(metadata={"help": "output folder (created; an index already there is replaced when the new "
+                                       "one is complete; a folder of other files is refused)", "metavar": "DIR"})
     kind: Literal["bm25", "dense"] = field(default="bm25", metadata={"help": "lexical BM25 or dense embeddings"})
     model: str | None = field(default=None, metadata={
         "help": "dense only: encoder checkpoint (HF, sentence-transformers or densekd folder); "
