@@ -41,6 +41,7 @@ def test_run_end_to_end_then_fully_cached(tmp_path, toy_beir_dir, tiny_bert_path
         assert 0.0 <= row["ndcg@10"] <= 1.0
     assert first["student"]["steps"] == 3
     report = (out / "report.md").read_text()
+    assert "## Results on dev" in report  # the section names the evaluated split
     assert "distilled student" in report and (out / "training.png").is_file() and (out / "teacher_scores.png").is_file()
     history = json.loads((out / "student" / "log_history.json").read_text())
     assert any("loss" in h for h in history)
@@ -155,7 +156,7 @@ def test_run_with_cross_fitted_label_dense_teacher(tmp_path, toy_beir_dir, tiny_
     teacher_row = next(n for n in rows if n.startswith("teacher rerank ("))
     assert "1 label_dense" in teacher_row and "0.5 bm25" in teacher_row
     assert "distilled student (KL + InfoNCE)" in rows
-    assert "Results on the dev split" in (out / "report.md").read_text()
+    assert "## Results on dev" in (out / "report.md").read_text()
     trec = sorted((out / "runs").glob("*.trec"))
     assert len(trec) == len(rows)
     assert all(load_run(f) for f in trec)

@@ -10,7 +10,13 @@ Data contracts
   < ``--set`` overrides (applied in the order given).
 * ``--set`` values are parsed as YAML scalars (``--set k=3`` is an int, ``--set metrics=[map,mrr@10]``
   a list), except that a ``str`` field keeps the raw text, so ``--set model=007`` or ``--set tag=yes``
-  stay strings. Nested keys use dots: ``--set bm25.k1=0.9``.
+  stay strings. Nested keys use dots: ``--set bm25.k1=0.9``. Files and ``--set`` values share one
+  YAML dialect (:mod:`densekd.cli.yaml_rules`): duplicate keys are an error and ``010`` is decimal 10,
+  as ``-k 010`` is.
+* Every ``float`` setting must be finite (``nan`` and ``inf`` are rejected, naming the key); ranges
+  are checked by each config dataclass (``__post_init__``).
+* A field's help is ``metadata["help"]``, else its entry in the ``Attributes`` section of the
+  dataclass docstring (:func:`field_help`), so ``--help`` documents every setting.
 * Every problem (unknown key, wrong type, missing required key, malformed YAML) raises
   :class:`~densekd.data.io.DataFormatError` naming the file (when the value came from one) and the key.
 """
@@ -19,6 +25,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -26,6 +35,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from densekd.cli.yaml_rules import DuplicateKeyError, load_yaml
 from densekd.data.io import DataFormatError, require_file
 
 T = TypeVar("T")
@@ -100,14 +110,19 @@ def _coerce(value: Any, tp: Any, key: str, src: _Source, raw: Any = _NO_RAW) -> 
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads exponent numbers without a dot ("1e-4") as strings; users mean a float
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # nan slips through every range check (all comparisons are False)
+                raise src.error(f"key {key!r} must be a finite number, got {value!r}")
+            return number
     got = "null" if value is None else type(value).__name__
     raise src.error(f"key {key!r} must be {_type_name(tp)}, got {got} {value!r}")
 
@@ -148,7 +163,7 @@ def _apply_override(values: dict[str, Any], item: str, schema: type) -> None:
     if not sep or not key.strip():
         raise src.error("expected KEY=VALUE (e.g. --set batch_size=32 or --set bm25.k1=0.9)")
     try:
-        parsed = yaml.safe_load(raw) if raw.strip() else None
+        parsed = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         parsed = raw  # not YAML: fine for a string field; other types reject it below
     *parents, leaf = key.strip().split(".")
@@ -193,7 +208,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping (an empty file is ``{}``); raise :class:`DataFormatError` otherwise."""
     p = require_file(path)
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml(p.read_text(encoding="utf-8-sig"))
+    except DuplicateKeyError as e:
+        raise DataFormatError(p, str(e), e.line) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise DataFormatError(p, f"invalid YAML ({getattr(e, 'problem', None) or e})",
@@ -309,19 +326,48 @@ def add_config_arguments(parser: argparse.ArgumentParser, schema: type) -> None:
             continue
         names = f.metadata.get("flags", ("--" + f.name.replace("_", "-"),))
         options.add_argument(*names, dest=f.name, default=argparse.SUPPRESS, metavar=f.metadata.get("metavar"),
-                             help=(f.metadata.get("help", "") + _default_text(f)).replace("%", "%%"),
+                             help=(field_help(schema, f) + _default_text(f)).replace("%", "%%"),
                              **_option_kwargs(tp))
 
 
-def settings_help(schema: type, prefix: str = "") -> str:
-    """Text lines documenting nested-section keys (which have no option), for an ``--help`` epilog."""
+_ENTRY = re.compile(r"^(\w+(?:, \w+)*)\n((?:[ \t]+\S.*\n?)+)", re.MULTILINE)
+
+
+def _docstring_help(schema: type) -> dict[str, str]:
+    """``name -> text`` from the numpy-style ``Attributes`` section of ``schema``'s docstring.
+
+    An entry may name several fields (``a, b, c``); they share its text.
+    """
+    doc = inspect.cleandoc(schema.__doc__ or "")
+    _, found, section = doc.partition("Attributes\n----------\n")
+    if not found:
+        return {}
+    out = {}
+    for match in _ENTRY.finditer(section):
+        text = " ".join(match.group(2).split())
+        for name in match.group(1).split(", "):
+            out[name] = text
+    return out
+
+
+def field_help(schema: type, f: dataclasses.Field | str) -> str:
+    """The help text of a config field: ``metadata["help"]``, else its docstring ``Attributes`` entry."""
+    f = f if isinstance(f, dataclasses.Field) else {x.name: x for x in dataclasses.fields(schema)}[f]
+    return f.metadata.get("help") or _docstring_help(schema).get(f.name, "")
+
+
+def settings_help(schema: type, prefix: str = "", top_level: bool = False) -> str:
+    """Text lines documenting nested-section keys (which have no option), for an ``--help`` epilog.
+
+    ``top_level`` also lists the plain top-level keys (for commands that take only a config file).
+    """
     lines = []
     for f in dataclasses.fields(schema):
         sub = _section(_hints(schema)[f.name])
         if sub is not None:
             lines.append(settings_help(sub, f"{prefix}{f.name}."))
-        elif prefix:
-            lines.append(f"  {prefix}{f.name}: {f.metadata.get('help', '')}{_default_text(f)}")
+        elif prefix or top_level:
+            lines.append(f"  {prefix}{f.name}: {field_help(schema, f)}{_default_text(f)}")
     return "\n".join(line for line in lines if line)
 
 

@@ -13,15 +13,22 @@ Contracts
   line in :data:`COMMANDS`.
 * Command modules import heavy libraries (torch, faiss, ir_measures) inside ``main`` only, so
   ``densekd --help`` stays fast.
-* User errors (:class:`~densekd.data.io.DataFormatError`, :class:`FileNotFoundError`) print one line,
-  ``densekd: error: <message>``, to stderr and exit with status 2 (argparse's own usage-error status);
-  anything else is a bug and keeps its traceback.
+* User errors (:class:`~densekd.data.io.DataFormatError`, :class:`FileNotFoundError`, and the
+  ``OSError`` of a path the user named: permission denied, not a folder, is a folder, read-only file
+  system) print one line, ``densekd: error: <message>``, to stderr and exit with status 2 (argparse's
+  own usage-error status); anything else is a bug and keeps its traceback.
+* Logging: densekd's own loggers report at INFO (step summaries); libraries (transformers, faiss's
+  loader, bm25s, torch, ...) only at WARNING, and transformers' weight-loading report not at all,
+  unless ``--verbose`` is given, which shows everything at INFO.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="densekd", description="Train and evaluate dense retrievers distilled from stronger teachers.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"densekd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the INFO messages of the libraries (transformers, faiss, bm25s, ...)")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"densekd.cli.commands.{name}")
@@ -57,10 +66,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OSErrors that mean "this path cannot be written/read as asked", i.e. the user's path, not a bug.
+USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EEXIST, errno.ENOENT,
+               errno.ENAMETOOLONG, errno.ENOSPC, errno.ENOTEMPTY}
+
+
 def _message(error: Exception) -> str:
-    if isinstance(error, FileNotFoundError) and error.filename is not None:
+    if isinstance(error, OSError) and error.filename is not None:
         return f"{error.filename}: {error.strerror or 'file not found'}"
     return str(error)
+
+
+def _user_error(error: BaseException) -> bool:
+    if isinstance(error, (DataFormatError, FileNotFoundError)):
+        return True
+    return isinstance(error, OSError) and error.filename is not None and error.errno in USER_ERRNOS
+
+
+class _QuietLibraries(logging.Filter):
+    """Pass densekd's records at any level and other libraries' at WARNING and above."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name == "densekd" or record.name.startswith("densekd.")
+
+
+def configure_logging(verbose: bool) -> None:
+    """densekd's loggers at INFO; libraries at WARNING (INFO with ``verbose``); see the module docstring."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("densekd").setLevel(logging.INFO)
+    if verbose:
+        return
+    # A filter on the handlers, not logger levels: some libraries (bm25s) set their own level at import.
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+            handler.addFilter(_QuietLibraries())
+    # transformers logs its weight-loading report (a table about the new classifier head) as a warning,
+    # and draws a bar for loading the weights (seconds); the Trainer's own training bar is plain tqdm
+    # and stays. Both settings are read when transformers / huggingface_hub are imported.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported: set them directly
+        sys.modules["transformers"].utils.logging.set_verbosity_error()
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,9 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version and usage errors: return the status instead of exiting
         return e.code if isinstance(e.code, int) else 2
+    configure_logging(args.verbose)
     try:
         return args.handler(args)
-    except (DataFormatError, FileNotFoundError) as e:
+    except (DataFormatError, OSError) as e:
+        if not _user_error(e):
+            raise
         print(f"densekd: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

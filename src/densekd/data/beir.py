@@ -10,7 +10,11 @@ File formats (data contract)
     ``{"_id": str | int, "text": str, "answers": [str, ...] (optional, QA sets)}``; ``text`` non-blank.
 ``<root>/qrels/<split>.tsv``
     Tab-separated ``query-id  corpus-id  score`` with an optional header line; ``score`` is an integer
-    (graded relevance, ``> 0`` relevant). A pair judged twice with two different scores is an error.
+    (graded relevance, ``> 0`` relevant, within the 32-bit range the evaluation backend takes). A pair
+    judged twice with two different scores is an error.
+
+Ids follow the policy of :func:`~densekd.data.io.normalize_id` (surrounding whitespace stripped,
+empty ids and lone surrogates rejected); a UTF-8 byte-order mark at the start of a file is dropped.
 
 Ids are unique within a file. Every error raises :class:`~densekd.data.io.DataFormatError` naming the
 file and the line. Writers are atomic and produce exactly these formats, so ``load(write(x)) == x``.
@@ -25,13 +29,14 @@ from pathlib import Path
 
 from densekd.data.io import (
     DataFormatError, atomic_write, check_tsv_value, collect_passages, get_field, get_id, iter_jsonl, iter_tsv,
-    parse_int, write_jsonl,
+    normalize_id, parse_int, write_jsonl,
 )
 from densekd.data.types import Corpus, Passage, Qrels, Queries, Query
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 # Third-column names that mark a first line as a header rather than a judgement.
 _HEADER_SCORE_NAMES = {"score", "relevance", "rel", "label"}
+MAX_GRADE = 2**31 - 1
 
 
 @dataclass
@@ -102,6 +107,8 @@ def add_judgement(qrels: Qrels, qid: str, pid: str, rel: int, path: str | os.Pat
 
     Shared with :mod:`densekd.data.msmarco` so both qrels formats validate identically.
     """
+    if not -MAX_GRADE <= rel <= MAX_GRADE:  # pytrec_eval stores grades in a C int and fails on more
+        raise DataFormatError(path, f"relevance grade {rel} is out of range (|grade| <= {MAX_GRADE})", line)
     if queries is not None and qid not in queries:
         raise DataFormatError(path, f"unknown query id {qid!r} (not in the queries file)", line)
     if corpus is not None and pid not in corpus:
@@ -134,7 +141,8 @@ def load_qrels(path: str | os.PathLike, corpus: Corpus | None = None,
         if n == 0 and score.strip().lower() in _HEADER_SCORE_NAMES:
             continue
         rel = parse_int(score, path, line, "relevance score")
-        add_judgement(qrels, qid, pid, rel, path, line, corpus, queries)
+        add_judgement(qrels, normalize_id(qid, path, line, "query id"), normalize_id(pid, path, line, "document id"),
+                      rel, path, line, corpus, queries)
     return qrels
 
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from densekd.data.io import (
-    DataFormatError, atomic_write, check_tsv_value, collect_passages, get_field, get_id, iter_lines, require_file,
-    stable_id, write_json,
+    DataFormatError, atomic_write, check_tsv_value, collect_passages, get_field, get_id, iter_lines, normalize_id,
+    require_file, stable_id, write_json,
 )
 from densekd.data.types import Corpus, Passage, Queries, Query, TrainGroup
 
@@ -234,9 +234,7 @@ def _iter_psgs_lines(path: str | os.PathLike) -> Iterator[tuple[int, Passage]]:
         fields = _split_psgs_line(text, path, line)
         if n == 0 and tuple(fields) == PSGS_HEADER:
             continue
-        pid, body, title = fields
-        if not pid:
-            raise DataFormatError(path, "empty passage id", line)
+        pid, body, title = normalize_id(fields[0], path, line, "passage id"), fields[1], fields[2]
         if not body.strip():
             raise DataFormatError(path, f"passage {pid!r} has empty text", line)
         yield line, Passage(id=pid, text=body, title=title)

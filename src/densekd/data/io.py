@@ -7,7 +7,20 @@ Contracts
 * Every writer goes through :func:`atomic_write` (or :func:`atomic_path`): data is written to a
   temporary file in the destination folder and renamed over the target only when complete, so an
   interrupted step never leaves a file that a later step would take as finished.
-* Text files are UTF-8. Invalid bytes are an error (never silently replaced).
+* Text files are UTF-8. Invalid bytes are an error (never silently replaced). A UTF-8 byte-order mark
+  at the very start of a file (spreadsheet exports, Windows editors) is dropped, as ``utf-8-sig``
+  decoding does; anywhere else it is an ordinary character.
+
+Id policy (one normaliser, :func:`normalize_id`, used by every loader)
+---------------------------------------------------------------------
+* Surrounding whitespace is stripped from every id (``"d1 "`` from a spreadsheet export is ``"d1"``):
+  ids are compared between files (qrels against runs), and an invisible trailing space would
+  otherwise make every comparison fail and every metric 0.0 without a word.
+* Whitespace inside an id is kept where the format allows it (JSON, TSV); TREC files cannot hold it.
+* An id that is empty after stripping is an error, and so is one holding a lone surrogate
+  (``"\\ud800"`` in JSON): it cannot be written back as UTF-8, so the failure would come later, far
+  from the line that caused it.
+* JSON integers are ids too (BEIR ships some ids as numbers) and are read as their decimal text.
 """
 
 from __future__ import annotations
@@ -24,6 +37,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from densekd.data.types import Corpus, Passage
+
+BOM = "\ufeff"  # a UTF-8 byte-order mark, dropped at the start of a file (see the module docstring)
 
 
 class DataFormatError(ValueError):
@@ -70,6 +85,8 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as e:
                 raise DataFormatError(p, f"invalid UTF-8 ({e.reason} at byte {e.start})", lineno) from None
             line = line.rstrip("\r\n")
+            if lineno == 1 and line.startswith(BOM):
+                line = line[1:]
             if line.strip():
                 yield lineno, line
 
@@ -240,9 +257,48 @@ def stable_id(*parts: str, prefix: str = "") -> str:
     return f"{prefix}{digest}"
 
 
+def normalize_id(value: str | int, path: str | os.PathLike | None, line: int | None, what: str = "id") -> str:
+    """The one id normaliser of every loader (policy in the module docstring).
+
+    Parameters
+    ----------
+    value
+        The raw id: text from a file, or a JSON string or integer.
+    path, line
+        Where it was read (named in the error).
+    what
+        What the id is, e.g. ``"query id"`` (named in the error).
+
+    Returns
+    -------
+    str
+        The id without surrounding whitespace.
+
+    Raises
+    ------
+    DataFormatError
+        For an empty id, or one holding a lone surrogate (not encodable as UTF-8).
+
+    Examples
+    --------
+    >>> normalize_id(" d1\\t", "qrels.tsv", 2)
+    'd1'
+    >>> normalize_id(7, "corpus.jsonl", 1)
+    '7'
+    """
+    text = str(value).strip()
+    if not text:
+        raise DataFormatError(path, f"empty {what}", line)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataFormatError(path, f"{what} {text!r} holds a lone surrogate (an invalid \\u escape)", line) from None
+    return text
+
+
 def get_id(obj: dict[str, Any], key: str | tuple[str, ...], path: str | os.PathLike, line: int,
            required: bool = True) -> str | None:
-    """Read an id field as ``str``; JSON integers are accepted (BEIR ships some ids as numbers).
+    """Read an id field through :func:`normalize_id`; JSON integers are accepted (BEIR ships some ids as numbers).
 
     ``bool`` is rejected although it is an ``int`` subclass, and so is an empty string.
     """
@@ -252,9 +308,7 @@ def get_id(obj: dict[str, Any], key: str | tuple[str, ...], path: str | os.PathL
     name = key if isinstance(key, str) else key[0]
     if isinstance(value, bool):
         raise DataFormatError(path, f"field {name!r} must be str/int, got bool", line)
-    if value == "":
-        raise DataFormatError(path, f"field {name!r} is an empty id", line)
-    return str(value)
+    return normalize_id(value, path, line, f"id in field {name!r}")
 
 
 def check_token(value: str, path: str | os.PathLike, what: str) -> str:

@@ -18,7 +18,8 @@ triples
     text triples get content-hash ids (:func:`~densekd.data.io.stable_id`).
 
 TSV writers reject fields holding a tab or a line break instead of escaping them, because other
-tools read these files with a plain split and would not unescape. Every read error raises
+tools read these files with a plain split and would not unescape. Ids go through
+:func:`~densekd.data.io.normalize_id` (surrounding whitespace stripped). Every read error raises
 :class:`~densekd.data.io.DataFormatError` naming the file and line.
 """
 
@@ -30,8 +31,8 @@ from dataclasses import dataclass
 
 from densekd.data.beir import add_judgement
 from densekd.data.io import (
-    DataFormatError, atomic_write, check_token, check_tsv_value, collect_passages, iter_lines, iter_tsv, parse_int,
-    stable_id,
+    DataFormatError, atomic_write, check_token, check_tsv_value, collect_passages, iter_lines, iter_tsv, normalize_id,
+    parse_int, stable_id,
 )
 from densekd.data.types import Corpus, Passage, Qrels, Queries, Query, TrainGroup
 
@@ -66,8 +67,7 @@ def _write_tsv(path: str | os.PathLike, rows: Iterable[tuple[str, ...]], names: 
 
 def _iter_collection_lines(path: str | os.PathLike) -> Iterator[tuple[int, Passage]]:
     for line, fields in iter_tsv(path, (2, 3)):
-        pid, text = fields[0], fields[1]
-        _nonblank(pid, path, line, "passage id")
+        pid, text = normalize_id(fields[0], path, line, "passage id"), fields[1]
         _nonblank(text, path, line, f"text for passage {pid!r}")
         yield line, Passage(id=pid, text=text, title=fields[2] if len(fields) == 3 else "")
 
@@ -94,7 +94,7 @@ def load_tsv_queries(path: str | os.PathLike) -> Queries:
     """Load a ``queries.tsv`` (``qid<TAB>text``) into :data:`Queries`, rejecting duplicate qids."""
     queries: Queries = {}
     for line, (qid, text) in iter_tsv(path, 2):
-        _nonblank(qid, path, line, "query id")
+        qid = normalize_id(qid, path, line, "query id")
         _nonblank(text, path, line, f"text for query {qid!r}")
         if qid in queries:
             raise DataFormatError(path, f"duplicate query id {qid!r}", line)
@@ -116,7 +116,8 @@ def load_trec_qrels(path: str | os.PathLike, corpus: Corpus | None = None,
         fields = text.split()
         if len(fields) != 4:
             raise DataFormatError(path, f"expected 4 fields 'qid 0 pid rel', got {len(fields)}", line)
-        qid, _, pid, rel = fields
+        qid, pid = normalize_id(fields[0], path, line, "query id"), normalize_id(fields[2], path, line, "document id")
+        rel = fields[3]
         add_judgement(qrels, qid, pid, parse_int(rel, path, line, "relevance"), path, line, corpus, queries)
     return qrels
 
@@ -160,7 +161,8 @@ def load_id_triples(path: str | os.PathLike, corpus: Corpus | None = None,
     Ids are checked against ``corpus``/``queries`` when given.
     """
     def checked() -> Iterator[tuple[str, str, str]]:
-        for line, (qid, p, n) in iter_triples(path):
+        for line, ids in iter_triples(path):
+            qid, p, n = (normalize_id(x, path, line, what) for x, what in zip(ids, ("query id", "passage id", "passage id")))
             if queries is not None and qid not in queries:
                 raise DataFormatError(path, f"unknown query id {qid!r}", line)
             if corpus is not None:

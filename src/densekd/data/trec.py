@@ -7,7 +7,8 @@ whitespace. ``rank`` is an integer and ``score`` a finite float; higher score = 
 reader keeps only scores (ranks are re-derived by sorting, as trec_eval does); the ``Q0`` and ``tag``
 fields are ignored. A ``(qid, pid)`` pair may appear once. The writer ranks each query's documents
 by score descending with ties broken by pid, numbers ranks from 1, and prints scores with ``repr``
-so that reading the file back gives the same floats. Ids holding whitespace cannot be written.
+so that reading the file back gives the same floats. Ids holding whitespace cannot be written; ids read
+go through :func:`~densekd.data.io.normalize_id` (a byte-order mark at the start of the file is dropped).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import math
 import os
 
-from densekd.data.io import DataFormatError, atomic_write, check_token, iter_lines, parse_float, parse_int
+from densekd.data.io import (
+    DataFormatError, atomic_write, check_token, iter_lines, normalize_id, parse_float, parse_int,
+)
 from densekd.data.types import Run, top_k
 
 
@@ -34,6 +37,7 @@ def load_run(path: str | os.PathLike) -> Run:
             raise DataFormatError(path, f"expected 6 fields 'qid Q0 pid rank score tag', got {len(fields)}",
                                   line)
         qid, _, pid, rank, score, _ = fields
+        qid, pid = normalize_id(qid, path, line, "query id"), normalize_id(pid, path, line, "document id")
         parse_int(rank, path, line, "rank")
         docs = run.setdefault(qid, {})
         if pid in docs:

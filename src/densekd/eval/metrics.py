@@ -81,7 +81,10 @@ def parse_metric(name: str):
 
 
 def check_metrics(names: Iterable[str]) -> None:
-    """Raise ``ValueError`` (listing the valid names) if any of ``names`` is not a known metric."""
+    """Raise ``ValueError`` (listing the valid names) if ``names`` is empty or any is not a known metric."""
+    names = list(names)
+    if not names:
+        raise ValueError(f"no metric given; valid metrics: {', '.join(VALID_METRICS)}")
     for name in names:
         parse_metric(name)
 

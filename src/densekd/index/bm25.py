@@ -29,6 +29,7 @@ Example
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -45,6 +46,8 @@ from densekd.index._storage import atomic_dir, load_ids, read_json_file, save_id
 
 __all__ = ["BM25Index"]
 
+TOKENIZE_CHUNK = 2048
+METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 IDS_FILE = "ids.npy"
 TOKENIZER_FILE = "tokenizer.json"
 # bm25s's own files; we check they exist so a missing one is reported by name, not as a KeyError.
@@ -58,7 +61,8 @@ class BM25Index:
     Parameters
     ----------
     k1, b
-        BM25 term-frequency saturation and length normalisation.
+        BM25 term-frequency saturation (finite, ``> 0``) and length normalisation (``[0, 1]``);
+        other values raise ``ValueError`` instead of building a useless index.
     method
         bm25s scoring variant: ``"lucene"`` (default), ``"robertson"``, ``"atire"``, ``"bm25l"``,
         ``"bm25+"``.
@@ -70,6 +74,15 @@ class BM25Index:
 
     def __init__(self, k1: float = 1.5, b: float = 0.75, method: str = "lucene",
                  stemmer: str | None = "english", stopwords: str | list[str] | None = "en"):
+        # nan fails every comparison, so "not (k1 > 0)" also catches it
+        if not (isinstance(k1, (int, float)) and k1 > 0 and math.isfinite(k1)):
+            raise ValueError(f"k1 must be a finite number > 0, got {k1!r}")
+        if not (isinstance(b, (int, float)) and 0 <= b <= 1):
+            raise ValueError(f"b must be in [0, 1], got {b!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if stemmer and stemmer not in Stemmer.algorithms():
+            raise ValueError(f"stemmer {stemmer!r} is unknown (PyStemmer has: {', '.join(Stemmer.algorithms())})")
         self.k1, self.b, self.method = k1, b, method
         self.stemmer_name = stemmer
         self.stopwords = stopwords
@@ -92,7 +105,7 @@ class BM25Index:
         corpus
             A :data:`Corpus` mapping or any iterable of :class:`Passage`; ids must be unique.
         show_progress
-            Show bm25s's tokenisation and indexing progress bars.
+            Show one progress bar over the passages (bm25s's own six bars stay hidden).
         """
         passages = list(corpus.values()) if isinstance(corpus, Mapping) else list(corpus)
         if not passages:
@@ -100,13 +113,19 @@ class BM25Index:
         ids = [p.id for p in passages]
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate passage ids in the corpus")
-        tokens = self._tokenize([p.full_text() for p in passages], show_progress)
+        # Tokenised in chunks under one bar: bm25s tokenises each text on its own, so chunking changes nothing.
+        tokens: list[list[str]] = []
+        with tqdm(total=len(passages), desc="BM25 index", disable=not show_progress) as bar:
+            for start in range(0, len(passages), TOKENIZE_CHUNK):
+                chunk = passages[start:start + TOKENIZE_CHUNK]
+                tokens += self._tokenize([p.full_text() for p in chunk], show_progress=False)
+                bar.update(len(chunk))
         # bm25s builds its vocabulary from a set, whose order changes from run to run (string hash
         # seeds); a sorted vocabulary makes the saved index byte-for-byte reproducible.
         vocab = {tok: i for i, tok in enumerate(sorted({t for doc in tokens for t in doc}))}
         token_ids = [[vocab[t] for t in doc] for doc in tokens]
         self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-        self._bm25.index((token_ids, vocab), show_progress=show_progress)
+        self._bm25.index((token_ids, vocab), show_progress=False)
         self.ids = ids
         return self
 

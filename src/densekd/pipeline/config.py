@@ -362,6 +362,9 @@ class PipelineConfig:
     student: StudentSection = field(default_factory=StudentSection)
 
     def __post_init__(self) -> None:
+        from densekd.pipeline.validate import check_numbers
+
+        check_numbers(self)  # every number finite and in range, errors naming the key
         if self.method != "distill":
             raise ValueError(f"method must be 'distill' for this schema, got {self.method!r} "
                              "(densekd.pipeline.methods picks the schema of each method)")

@@ -217,11 +217,13 @@ class FidKDConfig:
     def __post_init__(self) -> None:
         # imports here: building a config for --help must not pull torch in
         from densekd.losses import build_loss
+        from densekd.pipeline.validate import check_numbers
         from densekd.teachers.fid import PRESETS
         from densekd.training.config import TRAIN_MODES
 
         if self.method != FIDKD_METHOD:
             raise ValueError(f"method must be {FIDKD_METHOD!r} for this schema, got {self.method!r}")
+        check_numbers(self)  # every number finite and in range, errors naming the key
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         r = self.retrieval

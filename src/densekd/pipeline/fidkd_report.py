@@ -78,7 +78,7 @@ def write_report(ctx: Any, result: dict[str, Any], groups: list[TrainGroup]) -> 
     steps_table = "| step | seconds | reused from cache |\n|---|---|---|\n" + "".join(
         f"| {name} | {t['seconds']} | {'yes' if t['cached'] else 'no'} |\n" for name, t in result["steps"].items())
     sections = [
-        ("Dev results", summary_table(result)
+        (f"Results on {cfg.data.eval_split}", summary_table(result)
          + f"\nData: `{cfg.data.root}`, {result['questions']['eval']} {cfg.data.eval_split} questions, "
            f"{len(ctx.corpus)} passages; {result['questions']['train']} training questions (answers only, no "
            f"passage labels); k = {cfg.retrieval.k} passages per question; reader scoring "

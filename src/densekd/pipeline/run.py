@@ -197,7 +197,7 @@ def _write_report(ctx: steps.Context, result: dict[str, Any], scored: list[Train
         f"| {n} | {v['seconds']} | {v['cached']} |\n" for n, v in timing_rows.items())
     split = ctx.cfg.data.eval_split
     sections = [
-        (f"Results on the {split} split", report.metrics_table(result["rows"], steps.METRICS)
+        (f"Results on {split}", report.metrics_table(result["rows"], steps.METRICS)
          + f"\nData: `{ctx.cfg.data.root}`, {len(ctx.eval_qrels)} {split} queries, "
            f"{len(ctx.corpus)} passages; {len(scored)} training queries. Each system's TREC run file is in "
            f"`runs/`; the student as a sentence-transformers model in `sentence-transformers/` "

@@ -79,10 +79,13 @@ def make_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
 def _check(cfg: EvaluateConfig, source: str | None) -> None:
     from densekd.eval.metrics import check_metrics
 
+    if not cfg.metrics:
+        raise DataFormatError(source, "key 'metrics' is empty: name at least one metric "
+                                      f"({', '.join(VALID_METRICS)})")
     try:
         check_metrics(cfg.metrics)
     except ValueError as e:
-        raise DataFormatError(source, str(e)) from None
+        raise DataFormatError(source, f"key 'metrics': {e}") from None
     if (cfg.queries is None) != (cfg.corpus is None):
         raise DataFormatError(source, "answer recall needs both --queries and --corpus")
 
@@ -116,12 +119,19 @@ def main(args: argparse.Namespace) -> int:
     """Run ``densekd evaluate``."""
     cfg = config_from_args(args, EvaluateConfig)
     _check(cfg, getattr(args, "config", None))
+    if cfg.out is not None:
+        from densekd.cli.outputs import check_output
+
+        check_output("--out", cfg.out, {"--run": cfg.run, "--qrels": cfg.qrels, "--queries": cfg.queries,
+                                        "--corpus": cfg.corpus})
     from densekd.data.beir import load_qrels
     from densekd.data.io import write_json
     from densekd.data.trec import load_run
     from densekd.eval.metrics import evaluate, judged_queries
 
     run, qrels = load_run(cfg.run), load_qrels(cfg.qrels)
+    if not run:
+        raise DataFormatError(cfg.run, "no ranked documents in this run file: nothing to evaluate")
     judged = judged_queries(qrels)
     if not judged:
         raise DataFormatError(cfg.qrels, "no query has a relevant document (score > 0)")
@@ -130,6 +140,9 @@ def main(args: argparse.Namespace) -> int:
         results.update(_answer_recall(cfg, run, judged))
     missing = sum(1 for qid in judged if not run.get(qid))
     note = f"\n{len(judged)} judged queries" + (f", {missing} missing from the run (scored 0)" if missing else "")
+    if missing == len(judged):  # almost always ids that differ between the files, not a useless retriever
+        note += (f"\nwarning: no judged query of {cfg.qrels} is in {cfg.run}: do the query ids match "
+                 f"(e.g. {judged[0]!r} vs {next(iter(run))!r})?")
     print(format_table(results, note))
     if cfg.out:
         write_json(cfg.out, results)

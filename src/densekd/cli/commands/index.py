@@ -3,8 +3,11 @@
 Output folder (data contract, read by ``densekd search``)
 ---------------------------------------------------------
 * ``densekd_index.json``: ``{"kind": "bm25"|"dense", "corpus": str, "passages": int}`` plus, for
-  dense, ``"model"`` (resolved checkpoint path), ``"max_length"`` and ``"factory"``. Written last,
-  so its presence means the index is complete; ``search`` takes the kind and the model from it.
+  dense, ``"model"`` (resolved checkpoint path), ``"max_length"`` and ``"factory"``; ``search`` takes
+  the kind and the model from it.
+* The whole folder is built under a temporary name beside ``--out`` and published in one step
+  (:func:`densekd.index._storage.atomic_dir`): a failed or interrupted (re)build leaves an existing
+  index untouched and a new ``--out`` absent; simultaneous builds of one ``--out`` end with one of them.
 * ``bm25/``: a :class:`~densekd.index.bm25.BM25Index` folder (kind ``bm25``);
 * ``faiss/``: a :class:`~densekd.index.faiss_index.FaissIndex` folder and ``embeddings/``: the
   passage embeddings of :func:`~densekd.index.encode.encode_corpus` (kind ``dense``). Embeddings are
@@ -12,19 +15,24 @@ Output folder (data contract, read by ``densekd search``)
 
 Sharded encoding (dense): ``--num-shards N --shard-index K`` in N separate processes, or N ranks of
 ``torchrun`` (defaults from ``WORLD_SIZE`` / ``RANK``), all with the same ``--out``. Each encodes its
-share of ``embeddings/``; the process that completes the folder (rank 0 under torchrun) builds
-``faiss/`` and writes ``densekd_index.json``, the others exit 0 after their share.
+share into ``.<out name>.embeddings/`` beside ``--out`` (resumable; moved into the index as
+``embeddings/`` when it is published); the process that completes it (rank 0 under torchrun) builds
+``faiss/``, writes ``densekd_index.json`` and publishes the folder, the others exit 0 after their share.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from densekd.cli.config import add_config_arguments, config_from_args, settings_help
+from densekd.data.io import DataFormatError
 
 MANIFEST = "densekd_index.json"
 
@@ -45,7 +53,8 @@ class IndexConfig:
     """Settings of ``densekd index`` (YAML keys = field names)."""
 
     corpus: str = field(metadata={"help": "BEIR corpus.jsonl to index", "metavar": "FILE"})
-    out: str = field(metadata={"help": "output folder (created; an index already there is replaced)", "metavar": "DIR"})
+    out: str = field(metadata={"help": "output folder (created; an index already there is replaced when the new "
+                                       "one is complete; a folder of other files is refused)", "metavar": "DIR"})
     kind: Literal["bm25", "dense"] = field(default="bm25", metadata={"help": "lexical BM25 or dense embeddings"})
     model: str | None = field(default=None, metadata={
         "help": "dense only: encoder checkpoint (HF, sentence-transformers or densekd folder); "
@@ -66,8 +75,9 @@ class IndexConfig:
     bm25: BM25Settings = field(default_factory=BM25Settings)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_length < 1 or self.chunk_size < 1:
-            raise ValueError("batch_size, max_length and chunk_size must be positive")
+        from densekd.pipeline.validate import check_numbers
+
+        check_numbers(self)  # every number finite and in range (bm25.k1 > 0, 0 <= bm25.b <= 1, ...), naming the key
         if (self.num_shards is None) != (self.shard_index is None):
             raise ValueError("give both num_shards and shard_index, or neither (torchrun sets them)")
         if self.num_shards is not None and self.shard_index is not None:
@@ -111,50 +121,126 @@ def make_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
     return parser
 
 
-def _build_bm25(cfg: IndexConfig, corpus: Any, out: Path) -> dict[str, Any] | None:
+def _bm25_index(cfg: IndexConfig, corpus: Any, source: str | None) -> Any:
     from densekd.index.bm25 import BM25Index
 
-    BM25Index(**asdict(cfg.bm25)).index(corpus).save(out / "bm25")
-    return {}
+    try:
+        index = BM25Index(**asdict(cfg.bm25))
+    except ValueError as e:  # a bad k1, b, method or stemmer: name the config section
+        raise DataFormatError(source, f"bm25.{e}") from None
+    return index.index(corpus)
 
 
-def _build_dense(cfg: IndexConfig, corpus: Any, out: Path) -> dict[str, Any] | None:
-    from densekd.encoders.dense import DenseEncoder, resolve_model_path
-    from densekd.index.dense_search import default_fingerprint
-    from densekd.index.encode import encode_corpus
+def _faiss_reason(error: Exception) -> str:
+    # faiss prefixes its messages with the C++ function and source position: keep the reason only
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text.rsplit(": ", 1)[-1] if "Error in " in text else text
+
+
+def _load_encoder(cfg: IndexConfig) -> Any:
+    """The encoder, after every check that can fail without encoding (model, max_length, factory)."""
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.index.faiss_index import FaissIndex
 
     encoder = DenseEncoder.from_pretrained(cfg.model, passage_max_length=cfg.max_length)
+    limit = getattr(encoder.passage_model.config, "max_position_embeddings", None)
+    if limit is not None and cfg.max_length > limit:
+        raise DataFormatError(None, f"key 'max_length' must be <= {limit} (the model's position limit), "
+                                    f"got {cfg.max_length}")
+    try:
+        FaissIndex(encoder.dim, cfg.factory, "ip")
+    except ValueError as e:
+        raise DataFormatError(None, f"key 'factory': invalid faiss factory string {cfg.factory!r} "
+                                    f"({_faiss_reason(e)})") from None
+    return encoder
+
+
+def _staged_embeddings(out: Path) -> Path:
+    """The resumable embeddings folder of a dense build of ``out``: a hidden sibling, so the build never
+    writes into ``out`` itself (a working index there stays intact until the new one replaces it).
+
+    It starts as a hard-linked copy of ``out/embeddings`` when there is one, so another factory or a
+    rebuild reuses the vectors already encoded (files are replaced, never changed in place).
+    """
+    stage = out.parent / f".{out.name}.embeddings"
+    if not stage.exists() and (out / "embeddings").is_dir():
+        # copied under a temporary name first: shards started together must not see a half copy
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".stage", dir=out.parent))
+        try:
+            shutil.copytree(out / "embeddings", tmp / "embeddings", copy_function=_link_or_copy)
+            os.rename(tmp / "embeddings", stage)
+        except OSError:
+            if not stage.is_dir():  # not a peer that staged it first: a real failure
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return stage
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+def _build_dense(cfg: IndexConfig, corpus: Any, out: Path) -> None:
+    from densekd.data.io import write_json
+    from densekd.encoders.dense import resolve_model_path
+    from densekd.index._storage import atomic_dir
+    from densekd.index.dense_search import default_fingerprint
+    from densekd.index.encode import encode_corpus
+    from densekd.index.shards import resolve_shards
+
+    shard = resolve_shards(cfg.num_shards, cfg.shard_index)
+    encoder = _load_encoder(cfg)
+    stage = _staged_embeddings(out)
     # The fingerprint hashes the weights and config: cached embeddings of another model are never reused.
-    store = encode_corpus(encoder, corpus, out / "embeddings", batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
+    store = encode_corpus(encoder, corpus, stage, batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
                           fingerprint=default_fingerprint(encoder), num_shards=cfg.num_shards,
                           shard_index=cfg.shard_index)
     if store is None:  # a shard whose embeddings another process completes
-        return None
-    store.to_faiss(cfg.factory, metric="ip").save(out / "faiss")
-    return {"model": resolve_model_path(cfg.model), "max_length": cfg.max_length, "factory": cfg.factory}
+        print(f"densekd index: shard {shard.index} of {shard.num_shards} encoded; the process that completes "
+              f"{stage} builds the index", file=sys.stderr)
+        return
+    extra = {"model": resolve_model_path(cfg.model), "max_length": cfg.max_length, "factory": cfg.factory}
+    with atomic_dir(out) as tmp:
+        try:
+            store.to_faiss(cfg.factory, metric="ip").save(tmp / "faiss")
+        except (ValueError, RuntimeError) as e:  # e.g. an IVF factory with more lists than passages
+            # bad input writes nothing: the vectors go too (a rerun with a valid factory re-encodes)
+            shutil.rmtree(stage, ignore_errors=True)
+            raise DataFormatError(None, f"key 'factory': cannot build {cfg.factory!r} over "
+                                        f"{len(corpus)} passages ({_faiss_reason(e)})") from None
+        write_json(tmp / MANIFEST, {"kind": "dense", "corpus": str(cfg.corpus), "passages": len(corpus), **extra})
+        os.replace(stage, tmp / "embeddings")  # last: a failure above keeps the vectors for a rerun
+    print(f"densekd index: {len(corpus)} passages -> {out} (dense)", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``densekd index``."""
+    """Run ``densekd index``: build the whole folder under a temporary name, publish it in one step."""
     cfg = config_from_args(args, IndexConfig)
+    from densekd.cli.outputs import check_model_folder, check_output
     from densekd.data.beir import load_corpus
     from densekd.data.io import write_json
-    from densekd.index.shards import ShardSpec, resolve_shards
+    from densekd.index._storage import atomic_dir
 
+    out = check_output("--out", cfg.out, {"--corpus": cfg.corpus, "--model": cfg.model}, kind="dir")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        # publishing replaces the whole folder: never delete a folder of the user's own files
+        raise DataFormatError(out, "--out is a folder that holds files but no densekd index "
+                                   f"(no {MANIFEST}): refusing to replace it (choose a new or empty folder)")
+    if cfg.kind == "dense":
+        check_model_folder("--model", cfg.model)
     corpus = load_corpus(cfg.corpus, allow_empty=cfg.allow_empty)
-    out = Path(cfg.out)
-    shard = resolve_shards(cfg.num_shards, cfg.shard_index) if cfg.kind == "dense" else ShardSpec()
-    # An interrupted rebuild must not look finished. Shard 0 only: it starts before the index can be
-    # complete, whereas a late shard could delete the marker its peer has just written.
-    if shard.index == 0:
-        (out / MANIFEST).unlink(missing_ok=True)
-    build = _build_bm25 if cfg.kind == "bm25" else _build_dense
-    extra = build(cfg, corpus, out)
-    if extra is None:
-        print(f"densekd index: shard {shard.index} of {shard.num_shards} encoded; the process that completes "
-              f"{out / 'embeddings'} builds the index", file=sys.stderr)
+    if not corpus:
+        raise DataFormatError(cfg.corpus, "the corpus is empty: nothing to index")
+    if cfg.kind == "dense":
+        _build_dense(cfg, corpus, out)
         return 0
-    manifest = {"kind": cfg.kind, "corpus": str(cfg.corpus), "passages": len(corpus), **extra}
-    write_json(out / MANIFEST, manifest)
-    print(f"densekd index: {len(corpus)} passages -> {out} ({cfg.kind})", file=sys.stderr)
+    index = _bm25_index(cfg, corpus, getattr(args, "config", None))
+    with atomic_dir(out) as tmp:  # a failed rebuild leaves a working index in `out` untouched
+        index.save(tmp / "bm25")
+        write_json(tmp / MANIFEST, {"kind": "bm25", "corpus": str(cfg.corpus), "passages": len(corpus)})
+    print(f"densekd index: {len(corpus)} passages -> {out} (bm25)", file=sys.stderr)
     return 0

@@ -13,6 +13,7 @@ distillation, :class:`densekd.pipeline.fidkd_config.FidKDConfig`; ``densekd run`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from densekd.cli.config import load_config, read_yaml, settings_help
 from densekd.data.io import DataFormatError
@@ -45,9 +46,8 @@ def make_stage_parser(subparsers: argparse._SubParsersAction, name: str) -> argp
     from densekd.pipeline.fidkd_config import FidKDConfig
 
     parser = subparsers.add_parser(name, help=STAGES[name][1], description=__doc__, epilog=EPILOG
-                                   + "  method (distill | fidkd), name, output_dir, cache_dir, encode_batch_size\n"
-                                   + settings_help(PipelineConfig)
-                                   + "\nsettings of method: fidkd (also iterations):\n" + settings_help(FidKDConfig),
+                                   + settings_help(PipelineConfig, top_level=True)
+                                   + "\n\nsettings of method: fidkd:\n" + settings_help(FidKDConfig, top_level=True),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", metavar="CONFIG.yaml", help="pipeline configuration file")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
@@ -70,17 +70,32 @@ def config_method(path: str, overrides: list[str]) -> str:
     return method
 
 
+def check_model_folders(cfg: object, prefix: str = "") -> None:
+    """Check every ``model`` / ``path`` setting (``teacher.model``, ``student.model``, ...) names a folder,
+    before hours of earlier steps run (:func:`densekd.cli.outputs.check_model_folder`)."""
+    from densekd.cli.outputs import check_model_folder
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_model_folders(value, f"{prefix}{f.name}.")
+        elif f.name in ("model", "path") and isinstance(value, str):
+            check_model_folder(f"key '{prefix}{f.name}'", value)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the pipeline of the config's method (up to ``args.stage``) and print where the results are."""
-    import logging
-
     from densekd.pipeline import methods
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     method = config_method(args.config, args.overrides)
     if args.stage is not None and not methods.has_stages(method):
         raise DataFormatError(args.config, f"method {method} has no stages: run it with `densekd run {args.config}`")
     cfg = load_config(args.config, args.overrides, methods.schema(method))
+    check_model_folders(cfg)
+    from densekd.cli.outputs import check_output
+
+    for key in ("output_dir", "cache_dir"):
+        check_output(f"key '{key}'", getattr(cfg, key), {}, kind="dir")
     result = methods.run(cfg, until=args.stage)
     table = methods.summary(cfg, result)
     if table:

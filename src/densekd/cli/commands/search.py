@@ -42,8 +42,9 @@ class SearchConfig:
     max_length: int = field(default=64, metadata={"help": "dense only: query length limit in tokens"})
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.batch_size < 1 or self.max_length < 1:
-            raise ValueError("k, batch_size and max_length must be positive")
+        from densekd.pipeline.validate import check_numbers
+
+        check_numbers(self)  # k, batch_size, max_length >= 1, naming the key
 
 
 DESCRIPTION = """\
@@ -78,8 +79,12 @@ def read_index_info(root: Path) -> dict[str, Any]:
             info = json.loads(manifest.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise DataFormatError(manifest, f"unreadable index manifest ({e})") from None
+        if not isinstance(info, dict):
+            raise DataFormatError(manifest, f"corrupt index manifest: expected a JSON object, got {type(info).__name__}")
         if info.get("kind") not in ("bm25", "dense"):
             raise DataFormatError(manifest, f"unknown index kind {info.get('kind')!r}")
+        if info["kind"] == "dense" and not isinstance(info.get("model"), (str, type(None))):
+            raise DataFormatError(manifest, f"corrupt index manifest: 'model' must be a path, got {info['model']!r}")
         return {**info, "path": root / ("bm25" if info["kind"] == "bm25" else "faiss")}
     if (root / "index.faiss").is_file():
         return {"kind": "dense", "path": root}
@@ -102,6 +107,8 @@ def _select_queries(cfg: SearchConfig) -> Any:
     from densekd.data.beir import load_qrels, load_queries
 
     queries = load_queries(cfg.queries)
+    if not queries:
+        raise DataFormatError(cfg.queries, "no queries in this file: nothing to search")
     if cfg.split and cfg.qrels:
         raise DataFormatError(None, "give --split or --qrels, not both")
     qrels_path = _split_qrels(cfg) if cfg.split else cfg.qrels
@@ -121,6 +128,8 @@ def _search_dense(cfg: SearchConfig, info: dict[str, Any], queries: Any) -> Any:
     model = cfg.model or info.get("model")
     if model is None:
         raise DataFormatError(info["path"], "a bare FAISS index does not name its encoder: give --model")
+    if not Path(model).is_dir() and not cfg.model:
+        raise DataFormatError(Path(cfg.index) / MANIFEST, f"the index's model folder is gone: {model} (give --model)")
     index = FaissIndex.load(info["path"])
     encoder = DenseEncoder.from_pretrained(model, query_max_length=cfg.max_length)
     qids = list(queries)
@@ -131,9 +140,13 @@ def _search_dense(cfg: SearchConfig, info: dict[str, Any], queries: Any) -> Any:
 def main(args: argparse.Namespace) -> int:
     """Run ``densekd search``."""
     cfg = config_from_args(args, SearchConfig)
+    from densekd.cli.outputs import check_model_folder, check_output
     from densekd.data.trec import write_run
 
-    info = read_index_info(Path(cfg.index))
+    info = read_index_info(Path(cfg.index))  # first: "not an index" says more than any --out problem
+    check_output("--out", cfg.out, {"--queries": cfg.queries, "--qrels": cfg.qrels, "--index": cfg.index,
+                                    "--model": cfg.model})
+    check_model_folder("--model", cfg.model)
     queries = _select_queries(cfg)
     if info["kind"] == "bm25":
         from densekd.index.bm25 import BM25Index
