@@ -45,6 +45,8 @@ def test_run_end_to_end_then_fully_cached(tmp_path, toy_beir_dir, tiny_bert_path
     assert "distilled student" in report and (out / "training.png").is_file() and (out / "teacher_scores.png").is_file()
     history = json.loads((out / "student" / "log_history.json").read_text())
     assert any("loss" in h for h in history)
+    printed = capsys.readouterr()
+    assert "{'loss'" not in printed.out + printed.err  # the losses go to the history and plot, not the terminal
 
     # second run: every step comes from the cache and the figures are identical
     assert main(["run", str(cfg)]) == 0

@@ -62,6 +62,7 @@ def train_resumable(trainer: Any, checkpoints: Path, step: str, out: Path) -> di
     Returns the summary every pipeline training records: ``train_seconds`` (this process only),
     ``steps`` (the final global step), ``steps_this_run`` and, after a resume, ``resumed_from``.
     """
+    quiet_loss_lines(trainer)
     resume = resume_checkpoint(checkpoints, step)
     done_before = int(Path(resume).name.rpartition("-")[2]) if resume else 0  # checkpoint-<global step>
     start = time.perf_counter()
@@ -71,6 +72,29 @@ def train_resumable(trainer: Any, checkpoints: Path, step: str, out: Path) -> di
     summary = {"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
                "steps_this_run": trainer.state.global_step - done_before}
     return {**summary, "resumed_from": Path(resume).name} if resume else summary
+
+
+def quiet_loss_lines(trainer: Any) -> None:
+    """Keep the Trainer's progress bar but not the loss dict it prints every ``logging_steps``, when the
+    command line is quiet (it sets transformers' verbosity to ERROR unless ``--verbose``).
+
+    Those lines were four fifths of a ``make run`` log; the same numbers are in ``log_history.json``
+    and the report's training plot.
+    """
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.utils import logging as hf_logging
+
+    if hf_logging.get_verbosity() < hf_logging.ERROR:
+        return
+
+    class BarOnly(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            pass
+
+    # at ERROR verbosity the Trainer defaults to disable_tqdm, i.e. a PrinterCallback (log lines, no bar)
+    removed = [trainer.pop_callback(cb) for cb in (ProgressCallback, PrinterCallback)]
+    if any(cb is not None for cb in removed):
+        trainer.add_callback(BarOnly())
 
 
 def training_args(save_steps: int, checkpoints: Path) -> dict[str, Any]:
