@@ -92,17 +92,14 @@ def latency(cfg: PipelineConfig, model_dir: Path, n: int) -> dict[str, float]:
     from densekd.encoders.dense import DenseEncoder
     from densekd.index.bm25 import BM25Index
     from densekd.pipeline import steps
+    from densekd.pipeline.candidates import mined_groups
     from densekd.pipeline.label_dense import train_label_dense
     from densekd.pipeline.teacher_signal import fuse_run, member_scores, ranked_union
 
-    ctx = steps.load_context(cfg)
-    train_run, eval_run, bm25_key = steps.bm25_runs(ctx)
-    base = DenseEncoder.from_pretrained(cfg.student.model, passage_max_length=cfg.student.passage_max_length)
-    store = steps.corpus_embeddings(ctx, cfg.student.model, cfg.student.passage_max_length, "base")
-    cand_run, cand_key = steps.candidate_run(ctx, train_run, bm25_key, base, store)
-    groups, mined_key = steps.mine(ctx, cand_run, cand_key)
-    ld = train_label_dense(ctx, groups, store) if "label_dense" in cfg.teacher.uses else None
-    scorer = steps.teacher(ctx, groups, mined_key) if "cross_encoder" in cfg.teacher.uses else None
+    m = mined_groups(cfg)
+    ctx, base, store = m.ctx, m.base_encoder, m.store
+    ld = train_label_dense(ctx, m.groups, store) if "label_dense" in cfg.teacher.uses else None
+    scorer = steps.teacher(ctx, m.groups, m.mined_key) if "cross_encoder" in cfg.teacher.uses else None
     bm25 = BM25Index().index(ctx.corpus)
     faiss = store.to_faiss("Flat", show_progress=False)
     student = DenseEncoder.from_pretrained(model_dir)

@@ -47,6 +47,7 @@ from densekd.cli.config import load_config  # noqa: E402
 from densekd.encoders.dense import DenseEncoder  # noqa: E402
 from densekd.eval.metrics import evaluate  # noqa: E402
 from densekd.pipeline import steps  # noqa: E402
+from densekd.pipeline.candidates import mined_groups  # noqa: E402
 from densekd.pipeline.config import PipelineConfig  # noqa: E402
 from densekd.pipeline.label_dense import LabelDense, train_label_dense  # noqa: E402
 from densekd.pipeline.teacher_signal import fuse_run, member_scores, ranked_union, with_tail  # noqa: E402
@@ -88,12 +89,8 @@ def main() -> None:
     args = parse_args()
     cfg = build_config(args)
     began = time.perf_counter()
-    ctx = steps.load_context(cfg)
-    train_run, eval_run, bm25_key = steps.bm25_runs(ctx)
-    base = DenseEncoder.from_pretrained(cfg.student.model, passage_max_length=cfg.student.passage_max_length)
-    store = steps.corpus_embeddings(ctx, cfg.student.model, cfg.student.passage_max_length, "base")
-    cand_run, cand_key = steps.candidate_run(ctx, train_run, bm25_key, base, store)
-    groups, mined_key = steps.mine(ctx, cand_run, cand_key)
+    m = mined_groups(cfg)
+    ctx, train_run, eval_run, base, store, groups = m.ctx, m.train_run, m.eval_run, m.base_encoder, m.store, m.groups
     ld = train_label_dense(ctx, groups, store)
     depth = cfg.teacher.rerank_depth
     dense_eval = steps.dense_run(base, store, ctx, k=depth)
@@ -142,12 +139,12 @@ def main() -> None:
         print(f"[{name}] dev nDCG@10 {row['ndcg@10']:.3f} R@100 {row['recall@100']:.3f} "
               f"train-OOF {row['train_oof_ndcg@10']:.3f}", flush=True)
     if args.with_cross_encoder:
-        rows.update(cross_encoder_rows(ctx, groups, mined_key, eval_run, firsts["dev"], cands["dev"], signals["dev"]))
+        rows.update(cross_encoder_rows(ctx, groups, m.mined_key, eval_run, firsts["dev"], cands["dev"], signals["dev"]))
 
     fused = [n for n in rows if "+" in n and "label_dense" in n]
     best = max(fused, key=lambda n: rows[n]["train_oof_ndcg@10"])  # chosen on training queries, not dev
-    students = [evaluate(steps.dense_run(DenseEncoder.from_pretrained(m), store, ctx), ctx.eval_qrels,
-                         ["ndcg@10", "recall@100"]) for m in ld.full_models]
+    students = [evaluate(steps.dense_run(DenseEncoder.from_pretrained(member), store, ctx), ctx.eval_qrels,
+                         ["ndcg@10", "recall@100"]) for member in ld.full_models]
     labels_only = {"ndcg@10_mean": float(np.mean([s["ndcg@10"] for s in students])),
                    "ndcg@10_std": float(np.std([s["ndcg@10"] for s in students])),
                    "recall@100_mean": float(np.mean([s["recall@100"] for s in students])),

@@ -80,3 +80,41 @@ def test_fused_signal_is_the_weighted_sum_of_per_query_zscores():
 
     expected = 0.5 * z([10.0, 0.0, 5.0]) + z([0.1, 0.9, 0.5])
     np.testing.assert_allclose([fused[p] for p in "abc"], expected, rtol=1e-9)
+
+
+def test_a_labels_only_student_is_keyed_without_teacher_scores(tmp_path, toy_beir_dir, tiny_bert_path):
+    """Changing the teacher must not retrain a student that never reads its scores (the labels-only
+    baseline of every distillation comparison), and must retrain a distilled one."""
+    import dataclasses
+
+    import yaml
+
+    from densekd.cli.config import load_config
+    from densekd.data.types import TrainGroup
+    from densekd.pipeline import steps
+    from densekd.pipeline.config import PipelineConfig
+    from densekd.pipeline.student import train_student
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "data": {"root": str(toy_beir_dir)},
+        "student": {"model": tiny_bert_path, "train_mode": "full", "max_steps": 1, "batch_size": 2, "group_size": 2,
+                    "passage_max_length": 16, "query_max_length": 8, "save_steps": 0,
+                    "loss": {"contrastive": {}}}}))
+    cfg = load_config(cfg_path, [], PipelineConfig)
+    ctx = steps.load_context(cfg)
+
+    def groups(score: float) -> list[TrainGroup]:
+        return [TrainGroup("q1", ["d1"], ["d2"], {"d1": score, "d2": 0.0}),
+                TrainGroup("q2", ["d2"], ["d1"], {"d2": score, "d1": 0.0})]
+
+    def cached_after(score: float, loss: dict) -> bool:
+        c = dataclasses.replace(ctx, cfg=dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, loss=loss)),
+                                timings={})
+        train_student(c, groups(score), None)
+        return c.timings["student"]["cached"]
+
+    assert not cached_after(1.0, {"contrastive": {}})
+    assert cached_after(5.0, {"contrastive": {}})  # other teacher scores, same labels: reused
+    assert not cached_after(1.0, {"kl": {}})
+    assert not cached_after(5.0, {"kl": {}})  # a distilled student depends on them

@@ -174,3 +174,29 @@ def test_run_with_cross_fitted_label_dense_teacher(tmp_path, toy_beir_dir, tiny_
     again = json.loads((out / "metrics.json").read_text())
     assert all(t["cached"] for n, t in again["steps"].items() if n != "evaluate"), again["steps"]
     assert again["rows"] == rows
+
+
+def test_corpus_vectors_are_keyed_by_the_corpus_not_the_queries(tmp_path, toy_beir_dir, tiny_bert_path):
+    """Another split (here: other training qrels) reuses the cached corpus encoding; another corpus does not."""
+    import shutil
+
+    from densekd.cli.config import load_config
+    from densekd.pipeline import steps
+    from densekd.pipeline.config import PipelineConfig
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_beir_dir, data)
+    cfg_path = _config(tmp_path, data, tiny_bert_path, "query_only", {"cross_encoder": 1.0})
+    cfg = load_config(cfg_path, [], PipelineConfig)
+    first = steps.load_context(cfg)
+    steps.corpus_embeddings(first, tiny_bert_path, 32, "base")
+    (data / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    second = steps.load_context(cfg)
+    assert second.data_key != first.data_key  # BM25 runs and mining are recomputed ...
+    steps.corpus_embeddings(second, tiny_bert_path, 32, "base")
+    assert second.timings["encode:base"]["cached"] is True  # ... the corpus vectors are not
+    with open(data / "corpus.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"_id": "d99", "title": "", "text": "a new passage"}\n')
+    third = steps.load_context(cfg)
+    steps.corpus_embeddings(third, tiny_bert_path, 32, "base")
+    assert third.timings["encode:base"]["cached"] is False

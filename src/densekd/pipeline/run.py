@@ -57,22 +57,15 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
         Stop after this stage (``"mine"``, ``"teacher"``, ``"annotate"`` or ``"student"``) and return
         the step timings only; ``None`` runs everything.
     """
-    from densekd.encoders.dense import DenseEncoder
+    from densekd.pipeline.candidates import mined_groups
     from densekd.pipeline.label_dense import train_label_dense
 
-    ctx = steps.load_context(cfg)
+    m = mined_groups(cfg, with_store=until in (None, "student"))  # query_only students read the store
+    ctx, eval_run, bm25_key = m.ctx, m.eval_run, m.bm25_key
+    base, base_encoder, zero_shot_store = cfg.student.model, m.base_encoder, m.store
+    cand_run, groups, mined_key = m.cand_run, m.groups, m.mined_key
     ctx.out.mkdir(parents=True, exist_ok=True)
     uses = cfg.teacher.uses
-    train_run, eval_run, bm25_key = steps.bm25_runs(ctx)
-    base = cfg.student.model
-    base_encoder = DenseEncoder.from_pretrained(base, passage_max_length=cfg.student.passage_max_length)
-    # the zero-shot corpus vectors: dense candidates, dense teacher members, query_only students
-    needs_store = cfg.mining.retrieval != "bm25" or uses & {"dense", "label_dense"} or until is None \
-        or until == "student"
-    zero_shot_store = steps.corpus_embeddings(ctx, base, cfg.student.passage_max_length, "base") \
-        if needs_store else None
-    cand_run, cand_key = steps.candidate_run(ctx, train_run, bm25_key, base_encoder, zero_shot_store)
-    groups, mined_key = steps.mine(ctx, cand_run, cand_key)
     if until == "mine":
         return {"steps": ctx.timings}
     scorer = steps.teacher(ctx, groups, mined_key) if "cross_encoder" in uses else None
@@ -81,7 +74,7 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     ce_dev = steps.teacher_dev_run(ctx, scorer, eval_run, bm25_key) if scorer is not None else None
     dense_eval = steps.dense_run(base_encoder, zero_shot_store, ctx) if cfg.mining.retrieval != "bm25" else None
     teacher_runs = teacher_dev_runs(ctx, ce_dev, eval_run, base_encoder, zero_shot_store,
-                                          label_dense=label_dense, dense_eval_run=dense_eval)
+                                    label_dense=label_dense, dense_eval_run=dense_eval)
     if until == "teacher":
         named = {"bm25": eval_run, "teacher rerank": teacher_runs["fused"]}
         if "cross_encoder" in teacher_runs:

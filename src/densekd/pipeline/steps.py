@@ -8,9 +8,10 @@ Cache layout (``cfg.cache_dir``), one folder per step output, keyed by what it d
 * ``annotations/<key>/scores.jsonl``: teacher logits per candidate (resumable; key: mined key + teacher)
 * ``dark/<key>/scores.jsonl``: ADAM dark examples (texts in ``extra_passages``) with their teacher
   logits (resumable; key: mined key + teacher + dark-example settings + tokenizer)
-* ``embeddings/<key>/``: chunked corpus embeddings of a model (resumable; key: model + data + length)
+* ``embeddings/<key>/``: chunked corpus embeddings of a model (resumable; key: model + corpus file + length;
+  queries and splits are not part of it, so they never cause a re-encoding)
 * ``token_states/<key>/``: a frozen model's passage token states and pooled vectors, for ``query_only``
-  ERNIE-Search students (key: model + data + length + dtype)
+  ERNIE-Search students (key: model + corpus file + length + dtype)
 * ``checkpoints/teacher/<key>/checkpoint-N/``: resumable checkpoints of an unfinished teacher
   training (``teacher.save_steps``); deleted once ``teacher/<key>/`` is complete
 
@@ -63,6 +64,7 @@ class Context:
     train_qrels: Qrels
     eval_qrels: Qrels
     data_key: str
+    corpus_key: str = ""  # the corpus file alone: what corpus encodings depend on
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -98,7 +100,7 @@ def load_context(cfg: PipelineConfig) -> Context:
         queries = {**queries, **pseudo}
         train_qrels = {**train_qrels, **pseudo_qrels}
         data_key = cache_key(data_key, "pseudo-v1", cfg.data.pseudo_queries, cfg.data.pseudo_seed)
-    return Context(cfg, corpus, queries, train_qrels, eval_qrels, data_key=data_key)
+    return Context(cfg, corpus, queries, train_qrels, eval_qrels, data_key=data_key, corpus_key=file_digest(files[0]))
 
 
 def _texts(ctx: Context, qrels: Qrels) -> dict[str, str]:
@@ -278,7 +280,8 @@ def corpus_embeddings(ctx: Context, model_path: str | None, max_length: int, tag
     path = Path(resolve_model_path(model_path))
     weights = path / "model.safetensors"
     model_id = fingerprint_file(weights) if weights.is_file() else str(path)
-    fingerprint = cache_key("dense", model_id, max_length, ctx.data_key)
+    # keyed by the corpus alone: other queries or splits of the same corpus reuse the vectors
+    fingerprint = cache_key("dense-v2", model_id, max_length, ctx.corpus_key)
     encoder = DenseEncoder.from_pretrained(path, passage_max_length=max_length)
     start = time.perf_counter()
     folder = ctx.cache / "embeddings" / fingerprint
@@ -334,7 +337,7 @@ def passage_token_states(ctx: Context, model_path: str | None, max_length: int, 
 
     Returns a :class:`~densekd.index.token_states.PassageTokenStates` over the corpus: last-layer
     hidden states (``dtype``, ragged, memory-mapped), token ids and pooled vectors of one pass of the
-    model's passage tower, in ``<cache>/token_states/<key>/`` (key: model + data + max length + dtype,
+    model's passage tower, in ``<cache>/token_states/<key>/`` (key: model + corpus file + max length + dtype,
     as :func:`corpus_embeddings`). SciFact at length 256 takes ~5 min on 2 CPU cores once, ~0.9 GB.
     """
     from densekd.encoders.dense import DenseEncoder, resolve_model_path
@@ -344,7 +347,7 @@ def passage_token_states(ctx: Context, model_path: str | None, max_length: int, 
     path = Path(resolve_model_path(model_path))
     weights = path / "model.safetensors"
     model_id = fingerprint_file(weights) if weights.is_file() else str(path)
-    fingerprint = cache_key("token-states-v1", model_id, max_length, ctx.data_key, dtype)
+    fingerprint = cache_key("token-states-v2", model_id, max_length, ctx.corpus_key, dtype)
     folder = ctx.cache / "token_states" / fingerprint
     start = time.perf_counter()
     reused = (folder / "manifest.json").is_file()

@@ -22,6 +22,10 @@ from densekd.pipeline import steps
 from densekd.pipeline.cache import cache_key, cached_step
 
 
+#: losses that read only the labels (each group's positives and negatives), never ``teacher_scores``
+LABELS_ONLY_LOSSES = {"contrastive"}
+
+
 def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> tuple[Path, dict[str, Any]]:
     """Distil the teacher's scores into the dual-encoder student (cached on its inputs' key).
 
@@ -37,7 +41,10 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
 
     s = ctx.cfg.student
     settings = _student_settings(s)
-    key = cache_key("student-v1", settings, [g.to_json() for g in groups])
+    rows = [g.to_json() for g in groups]
+    if set(s.loss) <= LABELS_ONLY_LOSSES:  # no term reads teacher scores: they are not an input
+        rows = [{k: v for k, v in row.items() if k != "teacher_scores"} for row in rows]
+    key = cache_key("student-v1", settings, rows)
     folder = ctx.out / "student"
     checkpoints = steps.checkpoint_folder(ctx.out, "student", key)
 
