@@ -119,7 +119,7 @@ def latency(cfg: PipelineConfig, model_dir: Path, n: int) -> dict[str, float]:
         if scorer is not None:
             pairs = [(text, ctx.corpus[p].full_text()) for p in cands[qid]]
             ce = {qid: dict(zip(cands[qid], scorer.score(pairs).tolist()))}
-        fuse_run(cands, member_scores(ctx, cands, b, ce, base, store, ld), cfg.teacher.fusion)
+        fuse_run(cands, member_scores(ctx, cands, ce, base, store, ld), cfg.teacher.fusion)
         t_teacher.append(time.perf_counter() - start)
     ms = {k: 1000 * np.asarray(v) for k, v in (("student", t_student), ("teacher", t_teacher))}
     return {**{f"{k}_ms_p50": float(np.median(v)) for k, v in ms.items()},

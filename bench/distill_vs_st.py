@@ -181,7 +181,7 @@ def prepare(cfg: PipelineConfig) -> Prepared:
     base_encoder = DenseEncoder.from_pretrained(base, query_max_length=cfg.student.query_max_length,
                                                 passage_max_length=cfg.student.passage_max_length)
     store = steps.corpus_embeddings(ctx, base, cfg.student.passage_max_length, "zeroshot")
-    scored = steps.fuse_groups(ctx, scored, train_run, base_encoder, store)
+    scored = steps.fuse_groups(ctx, scored, base_encoder, store)
     return Prepared(ctx, train_run, eval_run, bm25_key, groups, scored, scorer, base_encoder, store)
 
 

@@ -81,7 +81,7 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
 def timed_scores(ctx: Any, cands: dict, signal: str, **kw: Any) -> tuple[dict, float]:
     """One member's scores of ``cands`` and its throughput in pairs per second."""
     start = time.perf_counter()
-    run = member_scores(ctx, cands, kw.pop("bm25"), weights={signal: 1.0}, **kw)[signal]
+    run = member_scores(ctx, cands, weights={signal: 1.0}, **kw)[signal]
     return run, sum(len(c) for c in cands.values()) / max(time.perf_counter() - start, 1e-9)
 
 
@@ -102,12 +102,11 @@ def main() -> None:
     signals: dict[str, dict] = {"dev": {}, "train": {}}
     speed: dict[str, float] = {}
     for split in ("dev", "train"):
-        bm25 = eval_run if split == "dev" else train_run
-        signals[split]["bm25"] = {q: {p: bm25.get(q, {}).get(p, 0.0) for p in c} for q, c in cands[split].items()}
-        signals[split]["dense"], speed["dense"] = timed_scores(ctx, cands[split], "dense", bm25=bm25,
+        signals[split]["bm25"], speed["bm25"] = timed_scores(ctx, cands[split], "bm25")
+        signals[split]["dense"], speed["dense"] = timed_scores(ctx, cands[split], "dense",
                                                                         base_encoder=base, store=store)
         signals[split]["label_dense"], speed["label_dense"] = timed_scores(ctx, cands[split], "label_dense",
-                                                                           bm25=bm25, store=store, label_dense=ld)
+                                                                           store=store, label_dense=ld)
         for k, seed in enumerate(cfg.teacher.label_dense.seeds):  # single members (dev only needs these)
             one = LabelDense(ld.fold_of, [[m[k]] for m in ld.fold_models], [ld.full_models[k]])
             signals[split][f"label_dense_seed{seed}"] = one.scores(store, {q: ctx.queries[q].text for q in cands[split]},

@@ -148,3 +148,19 @@ def test_scifact_dev_reference_scores(shared_data):
     scores = ir_measures.calc_aggregate([nDCG @ 10, R @ 100], qrels, run)
     assert scores[nDCG @ 10] == pytest.approx(0.690, abs=0.002)
     assert scores[R @ 100] == pytest.approx(0.914, abs=0.002)
+
+
+def test_score_is_the_exact_bm25_score_of_any_candidate(toy, toy_index):
+    """Scores equal search's for what search returns, 0 for passages sharing no term, and a passage
+    below the search depth keeps its own (lower) score rather than a guess."""
+    query = {"q": "aspirin heart attack"}
+    full = toy_index.search(query, k=len(toy_index.ids))["q"]
+    scored = toy_index.score(query, {"q": list(toy_index.ids)})["q"]
+    for pid in toy_index.ids:
+        assert scored[pid] == pytest.approx(full.get(pid, 0.0), abs=1e-6)
+    assert any(v == 0.0 for v in scored.values()) and any(v > 0 for v in scored.values())
+    top1 = toy_index.search(query, k=1)["q"]
+    below = [p for p in full if p not in top1]
+    assert below and all(scored[p] <= min(top1.values()) for p in below)
+    with pytest.raises(KeyError, match="not in the BM25 index"):
+        toy_index.score(query, {"q": ["no-such-passage"]})

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,28 @@ class BM25Index:
         for qid, toks in zip(tqdm(qids, desc="BM25 search", disable=not show_progress), tokens):
             run[qid] = self._search_one(bm25, toks, k)
         return run
+
+    def score(self, queries: Queries | Mapping[str, str], candidates: Mapping[str, Sequence[str]]) -> Run:
+        """Exact BM25 score of each query's ``candidates`` (corpus ids), ``0.0`` where no term matches.
+
+        A re-ranker fusing BM25 with other signals needs the score of every candidate, also of those
+        another retriever found below BM25's own depth; filling them with a guess (the lowest score
+        of BM25's top k) ranks them above documents BM25 scored, or below ones it did not.
+        """
+        bm25 = self._require_index()
+        row = {pid: i for i, pid in enumerate(self.ids)}
+        unknown = sorted({p for c in candidates.values() for p in c if p not in row})[:3]
+        if unknown:
+            raise KeyError(f"candidates not in the BM25 index: {unknown}")
+        qids = list(candidates)
+        texts = [q.text if isinstance(q, Query) else q for q in (queries[qid] for qid in qids)]
+        out: Run = {}
+        for qid, tokens in zip(qids, self._tokenize(texts, show_progress=False)):
+            token_ids = [bm25.vocab_dict[t] for t in tokens if t and t in bm25.vocab_dict]
+            rows = [row[p] for p in candidates[qid]]
+            scores = bm25.get_scores_from_ids(token_ids)[rows] if token_ids else np.zeros(len(rows))
+            out[qid] = {p: float(s) for p, s in zip(candidates[qid], scores)}
+        return out
 
     def _search_one(self, bm25: bm25s.BM25, tokens: list[str], k: int) -> dict[str, float]:
         token_ids = [bm25.vocab_dict[t] for t in tokens if t and t in bm25.vocab_dict]

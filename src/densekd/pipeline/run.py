@@ -63,7 +63,7 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     m = mined_groups(cfg, with_store=until in (None, "student"))  # query_only students read the store
     ctx, eval_run, bm25_key = m.ctx, m.eval_run, m.bm25_key
     base, base_encoder, zero_shot_store = cfg.student.model, m.base_encoder, m.store
-    cand_run, groups, mined_key = m.cand_run, m.groups, m.mined_key
+    groups, mined_key = m.groups, m.mined_key
     ctx.out.mkdir(parents=True, exist_ok=True)
     uses = cfg.teacher.uses
     if until == "mine":
@@ -85,7 +85,7 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
         scored = steps.dark_examples(ctx, groups, scored, mined_key, scorer)
     if until == "annotate":
         return {"steps": ctx.timings}
-    scored = steps.fuse_groups(ctx, scored, cand_run, base_encoder, zero_shot_store, label_dense)
+    scored = steps.fuse_groups(ctx, scored, base_encoder, zero_shot_store, label_dense)
     store = zero_shot_store
     if cfg.student.train_mode == "query_only":  # dark examples need frozen vectors too
         store = steps.query_only_table(ctx, scored, zero_shot_store, base, cfg.student.passage_max_length)

@@ -1,10 +1,11 @@
 """The teacher signal of ``densekd run``: each member's scores of a query's candidates, fused into one logit.
 
 Members (``teacher.fusion`` names, :mod:`densekd.teachers.fusion`): ``cross_encoder`` (raw logits from
-the annotator, or a dev rerank run), ``bm25`` (the BM25 run's scores), ``dense`` (the zero-shot
+the annotator, or a dev rerank run), ``bm25`` (exact BM25 scores of every candidate), ``dense`` (the zero-shot
 student's cosines from the cached corpus vectors) and ``label_dense`` (cross-fitted labels-only
-retrievers, :mod:`densekd.pipeline.label_dense`). A candidate a member did not score (BM25 below its
-depth, the cross-encoder below ``rerank_depth``) gets that member's lowest score for the query.
+retrievers, :mod:`densekd.pipeline.label_dense`). BM25 scores every candidate, also those only the
+dense retriever found (:meth:`~densekd.index.bm25.BM25Index.score`); a candidate the cross-encoder did
+not score (below ``rerank_depth``) gets its lowest score for the query.
 
 Training groups get the fused signal as their ``teacher_scores`` (:func:`fuse_groups`); on the
 evaluation queries the same signal re-ranks the union of BM25's and (when mining uses it) the
@@ -42,7 +43,17 @@ def dense_signal(encoder: Any, store: Any, texts: Mapping[str, str], candidates:
     return out
 
 
-def member_scores(ctx: Any, candidates: Mapping[str, Sequence[str]], bm25: Run, cross_encoder: Run | None = None,
+def bm25_scores(ctx: Any, candidates: Mapping[str, Sequence[str]]) -> Run:
+    """Exact BM25 scores of each query's candidates, from an index of ``ctx.corpus`` built once per context."""
+    from densekd.index.bm25 import BM25Index
+
+    index = ctx.__dict__.get("_bm25_index")
+    if index is None:  # ~1 s for SciFact; the cached BM25 runs hold only each query's top ``depth``
+        index = ctx.__dict__["_bm25_index"] = BM25Index().index(ctx.corpus, show_progress=False)
+    return index.score({qid: ctx.queries[qid].text for qid in candidates}, candidates)
+
+
+def member_scores(ctx: Any, candidates: Mapping[str, Sequence[str]], cross_encoder: Run | None = None,
                   base_encoder: Any = None, store: Any = None, label_dense: Any = None,
                   weights: Mapping[str, float] | None = None) -> dict[str, Run]:
     """Each weighted member's scores of each query's candidates (``name -> Run``).
@@ -53,7 +64,7 @@ def member_scores(ctx: Any, candidates: Mapping[str, Sequence[str]], bm25: Run, 
     weights = ctx.cfg.teacher.fusion if weights is None else weights
     uses = {n for n, w in weights.items() if w > 0}
     texts = {qid: ctx.queries[qid].text for qid in candidates}
-    out: dict[str, Run] = {"bm25": bm25}
+    out: dict[str, Run] = {"bm25": bm25_scores(ctx, candidates)} if "bm25" in uses else {}
     if "cross_encoder" in uses:
         if cross_encoder is None:
             raise ValueError("teacher.fusion weights cross_encoder but no cross-encoder scores were computed")
@@ -76,7 +87,7 @@ def fuse_run(candidates: Mapping[str, Sequence[str]], signals: Mapping[str, Run]
             for qid, c in candidates.items()}
 
 
-def fuse_groups(ctx: Any, groups: list[TrainGroup], train_run: Run, base_encoder: Any, store: Any,
+def fuse_groups(ctx: Any, groups: list[TrainGroup], base_encoder: Any, store: Any,
                 label_dense: Any = None) -> list[TrainGroup]:
     """Replace each group's cross-encoder logits (if any) by the configured fused teacher signal."""
     weights = ctx.cfg.teacher.fusion
@@ -84,7 +95,7 @@ def fuse_groups(ctx: Any, groups: list[TrainGroup], train_run: Run, base_encoder
         return groups
     cands = {g.qid: g.pos_ids + g.neg_ids for g in groups}
     ce = {g.qid: g.teacher_scores for g in groups if g.teacher_scores is not None}
-    signals = member_scores(ctx, cands, train_run, ce or None, base_encoder, store, label_dense)
+    signals = member_scores(ctx, cands, ce or None, base_encoder, store, label_dense)
     fused = fuse_run(cands, signals, weights)
     margin = ctx.cfg.teacher.positive_margin
     if margin is not None:
@@ -145,7 +156,7 @@ def teacher_dev_runs(ctx: Any, ce_run: Run | None, eval_run: Run, base_encoder: 
     depth = ctx.cfg.teacher.rerank_depth
     first = [eval_run] + ([dense_eval_run] if dense_eval_run is not None else [])
     cands = ranked_union(first, depth)
-    signals = member_scores(ctx, cands, eval_run, ce_run, base_encoder, store, label_dense, weights)
+    signals = member_scores(ctx, cands, ce_run, base_encoder, store, label_dense, weights)
     runs = {"fused": with_tail(fuse_run(cands, signals, weights), first)}
     if ce_run is not None:
         runs["cross_encoder"] = with_tail(ce_run, first)
