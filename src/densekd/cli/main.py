@@ -13,7 +13,8 @@ Contracts
   line in :data:`COMMANDS`.
 * Command modules import heavy libraries (torch, faiss, ir_measures) inside ``main`` only, so
   ``densekd --help`` stays fast.
-* User errors (:class:`~densekd.data.io.DataFormatError`, :class:`FileNotFoundError`) print one line,
+* User errors (:class:`~densekd.data.io.DataFormatError`, :class:`FileNotFoundError`, a missing optional
+  package: :class:`~densekd.encoders.deps.MissingDependencyError`) print one line,
   ``densekd: error: <message>``, to stderr and exit with status 2 (argparse's own usage-error status);
   anything else is a bug and keeps its traceback.
 """
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 
 from densekd import __version__
 from densekd.data.io import DataFormatError
+from densekd.encoders.deps import MissingDependencyError
 
 # Module names under densekd.cli.commands, in the order `densekd --help` lists them.
 COMMANDS: list[str] = ["run", "mine", "train_teacher", "annotate", "train", "index", "search", "evaluate"]
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         return args.handler(args)
-    except (DataFormatError, FileNotFoundError) as e:
+    except (DataFormatError, FileNotFoundError, MissingDependencyError) as e:
         print(f"densekd: error: {_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,7 +3,7 @@
 Output folder (data contract, read by ``densekd search``)
 ---------------------------------------------------------
 * ``densekd_index.json``: ``{"kind": "bm25"|"dense", "corpus": str, "passages": int}`` plus, for
-  dense, ``"model"`` (resolved checkpoint path), ``"max_length"`` and ``"factory"``. Written last,
+  dense, ``"model"`` (resolved checkpoint path), ``"max_length"``, ``"factory"`` and ``"backend"``. Written last,
   so its presence means the index is complete; ``search`` takes the kind and the model from it.
 * ``bm25/``: a :class:`~densekd.index.bm25.BM25Index` folder (kind ``bm25``);
 * ``faiss/``: a :class:`~densekd.index.faiss_index.FaissIndex` folder and ``embeddings/``: the
@@ -61,6 +61,10 @@ class IndexConfig:
                 "with its own --shard-index; default: torchrun's WORLD_SIZE, else 1", "metavar": "N"})
     shard_index: int | None = field(default=None, metadata={
         "help": "dense only: this process's shard, 0..N-1; default: torchrun's RANK, else 0", "metavar": "K"})
+    backend: str = field(default="torch", metadata={
+        "help": "dense only: inference backend: torch (PyTorch fp32), onnx (ONNX Runtime fp32, same vectors), "
+                "onnx-int8 (dynamic int8: fastest, vectors drift slightly); ONNX exports are cached beside "
+                "the model (needs onnxruntime)"})
     allow_empty: bool = field(default=False, metadata={
         "help": "accept passages with empty text (Cranfield has two)"})
     bm25: BM25Settings = field(default_factory=BM25Settings)
@@ -68,6 +72,10 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_length < 1 or self.chunk_size < 1:
             raise ValueError("batch_size, max_length and chunk_size must be positive")
+        from densekd.encoders.onnx_backend import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if (self.num_shards is None) != (self.shard_index is None):
             raise ValueError("give both num_shards and shard_index, or neither (torchrun sets them)")
         if self.num_shards is not None and self.shard_index is not None:
@@ -93,6 +101,7 @@ examples:
   densekd index --corpus data/scifact/corpus.jsonl --out idx/scifact-minilm --kind dense
   densekd index --corpus data/scifact/corpus.jsonl --out idx/s --kind dense --model runs/student/final \\
                 --factory HNSW32 --batch-size 128
+  densekd index --corpus data/scifact/corpus.jsonl --out idx/s8 --kind dense --backend onnx-int8
   densekd index --config index.yaml --set bm25.k1=0.9
   # sharded dense encoding: 2 processes (or: torchrun --nproc_per_node 2 -m densekd.cli.main index ...)
   densekd index --corpus c.jsonl --out idx/s --kind dense --num-shards 2 --shard-index 0 &
@@ -119,11 +128,12 @@ def _build_bm25(cfg: IndexConfig, corpus: Any, out: Path) -> dict[str, Any] | No
 
 
 def _build_dense(cfg: IndexConfig, corpus: Any, out: Path) -> dict[str, Any] | None:
-    from densekd.encoders.dense import DenseEncoder, resolve_model_path
+    from densekd.encoders.dense import resolve_model_path
+    from densekd.encoders.onnx_backend import load_encoder
     from densekd.index.dense_search import default_fingerprint
     from densekd.index.encode import encode_corpus
 
-    encoder = DenseEncoder.from_pretrained(cfg.model, passage_max_length=cfg.max_length)
+    encoder = load_encoder(cfg.model, cfg.backend, passage_max_length=cfg.max_length)
     # The fingerprint hashes the weights and config: cached embeddings of another model are never reused.
     store = encode_corpus(encoder, corpus, out / "embeddings", batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
                           fingerprint=default_fingerprint(encoder), num_shards=cfg.num_shards,
@@ -131,7 +141,8 @@ def _build_dense(cfg: IndexConfig, corpus: Any, out: Path) -> dict[str, Any] | N
     if store is None:  # a shard whose embeddings another process completes
         return None
     store.to_faiss(cfg.factory, metric="ip").save(out / "faiss")
-    return {"model": resolve_model_path(cfg.model), "max_length": cfg.max_length, "factory": cfg.factory}
+    return {"model": resolve_model_path(cfg.model), "max_length": cfg.max_length, "factory": cfg.factory,
+            "backend": cfg.backend}
 
 
 def main(args: argparse.Namespace) -> int:
