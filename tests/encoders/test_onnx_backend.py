@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 
 from densekd.cli.main import main as cli_main
 from densekd.encoders.dense import DenseEncoder
-from densekd.encoders.deps import MissingDependencyError
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -76,17 +74,6 @@ def test_default_export_location_is_beside_the_checkpoint(tiny_bert_path: str, t
     shutil.copytree(tiny_bert_path, model, ignore=shutil.ignore_patterns("onnx"))
     enc = load_encoder(model, "onnx")
     assert enc.model_paths["passage"].parent.parent == model / "onnx"
-
-
-def test_missing_onnxruntime_names_the_package(tiny_bert_path: str, toy_beir_dir: Path, tmp_path: Path,
-                                               monkeypatch, capsys) -> None:
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    with pytest.raises(MissingDependencyError, match="pip install onnxruntime"):
-        load_encoder(tiny_bert_path, "onnx")
-    code = cli_main(["index", "--corpus", str(toy_beir_dir / "corpus.jsonl"), "--out", str(tmp_path / "i"),
-                     "--kind", "dense", "--model", tiny_bert_path, "--backend", "onnx-int8"])
-    err = capsys.readouterr().err
-    assert code == 2 and "densekd: error:" in err and "pip install onnxruntime" in err
 
 
 def test_cli_index_and_search_with_backend_and_latency(tiny_bert_path: str, toy_beir_dir: Path,
