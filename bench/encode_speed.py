@@ -48,14 +48,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import RESULTS, SHARED_DATA, markdown_table, provenance, write_results  # noqa: E402
+from latency import measure_latency, smoke_subset  # noqa: E402
+
 from densekd.data.beir import load_beir  # noqa: E402
 from densekd.encoders.dense import DenseEncoder, resolve_model_path  # noqa: E402
 from densekd.encoders.onnx_backend import OnnxDenseEncoder  # noqa: E402
 from densekd.eval.metrics import evaluate  # noqa: E402
 from densekd.index.faiss_index import FaissIndex  # noqa: E402
-from latency import measure_latency, smoke_subset  # noqa: E402
 
 DENSEKD = ("densekd-torch", "densekd-onnx", "densekd-onnx-int8", "densekd-torch-int8")
 ST = ("st-torch", "st-onnx", "st-onnx-int8")
@@ -81,6 +81,10 @@ class StOnnxEmulation:
         return out
 
 
+def _passage_fn(encoder: Any) -> Any:
+    return lambda texts, batch_size: encoder.encode_passages(texts, batch_size=batch_size, show_progress=False)
+
+
 def build_variants(max_length: int) -> dict[str, Any]:
     """``name -> encode(texts, batch_size) -> np.float32[N, D]`` for every variant at ``max_length``."""
     from sentence_transformers import SentenceTransformer
@@ -92,8 +96,7 @@ def build_variants(max_length: int) -> dict[str, Any]:
     st.max_seq_length = max_length
     st_onnx, st_int8 = StOnnxEmulation(onnx), StOnnxEmulation(int8)
     encoders = {"densekd-torch": base, "densekd-onnx": onnx, "densekd-onnx-int8": int8, "densekd-torch-int8": torch_int8}
-    fns = {name: (lambda e: lambda t, b: e.encode_passages(t, batch_size=b, show_progress=False))(e)
-           for name, e in encoders.items()}
+    fns = {name: _passage_fn(e) for name, e in encoders.items()}
     fns["st-torch"] = lambda t, b: st.encode(t, batch_size=b, show_progress_bar=False, convert_to_numpy=True)
     fns["st-onnx"] = lambda t, b: st_onnx.encode(t, b, max_length)
     fns["st-onnx-int8"] = lambda t, b: st_int8.encode(t, b, max_length)

@@ -32,8 +32,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
 from common import REPO, RESULTS, SHARED_DATA, markdown_table, provenance, write_results  # noqa: E402
+
 from densekd.data.beir import BeirData, load_beir  # noqa: E402
 from densekd.eval.metrics import evaluate  # noqa: E402
 from densekd.index.bm25 import BM25Index  # noqa: E402
@@ -119,8 +119,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from densekd.encoders.onnx_backend import load_encoder
-    from densekd.index.encode import encode_corpus
     from densekd.index.dense_search import default_fingerprint
+    from densekd.index.encode import encode_corpus
 
     data = load_beir(SHARED_DATA / "scifact", "dev")
     if args.smoke:
