@@ -147,10 +147,13 @@ def _faiss_reason(error: Exception) -> str:
 
 def _load_encoder(cfg: IndexConfig) -> Any:
     """The encoder, after every check that can fail without encoding (model, max_length, factory)."""
-    from densekd.encoders.onnx_backend import load_encoder
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.encoders.onnx_backend import require, with_backend
     from densekd.index.faiss_index import FaissIndex
 
-    encoder = load_encoder(cfg.model, cfg.backend, passage_max_length=cfg.max_length)
+    if cfg.backend != "torch":  # a missing onnxruntime is reported before any weight is loaded
+        require("onnxruntime", f"backend {cfg.backend!r}")
+    encoder = DenseEncoder.from_pretrained(cfg.model, passage_max_length=cfg.max_length)
     limit = getattr(encoder.passage_model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_length > limit:
         raise DataFormatError(None, f"key 'max_length' must be <= {limit} (the model's position limit), "
@@ -160,7 +163,7 @@ def _load_encoder(cfg: IndexConfig) -> Any:
     except ValueError as e:
         raise DataFormatError(None, f"key 'factory': invalid faiss factory string {cfg.factory!r} "
                                     f"({_faiss_reason(e)})") from None
-    return encoder
+    return with_backend(encoder, cfg.backend)
 
 
 def _staged_embeddings(out: Path) -> Path:
