@@ -13,8 +13,9 @@ Contracts
   line in :data:`COMMANDS`.
 * Command modules import heavy libraries (torch, faiss, ir_measures) inside ``main`` only, so
   ``densekd --help`` stays fast.
-* User errors (:class:`~densekd.data.io.DataFormatError`, :class:`FileNotFoundError`, and the
-  ``OSError`` of a path the user named: permission denied, not a folder, is a folder, read-only file
+* User errors (:class:`~densekd.data.io.DataFormatError`, :class:`FileNotFoundError`, a missing optional
+  package (:class:`~densekd.encoders.deps.MissingDependencyError`), and the ``OSError`` of a path the
+  user named: permission denied, not a folder, is a folder, read-only file
   system) print one line, ``densekd: error: <message>``, to stderr and exit with status 2 (argparse's
   own usage-error status); anything else is a bug and keeps its traceback.
 * Logging: densekd's own loggers report at INFO (step summaries); libraries (transformers, faiss's
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 
 from densekd import __version__
 from densekd.data.io import DataFormatError
+from densekd.encoders.deps import MissingDependencyError
 
 # Module names under densekd.cli.commands, in the order `densekd --help` lists them.
 COMMANDS: list[str] = ["run", "mine", "train_teacher", "annotate", "train", "index", "search", "evaluate"]
@@ -120,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         return args.handler(args)
+    except MissingDependencyError as e:
+        print(f"densekd: error: {_message(e)}", file=sys.stderr)
+        return 2
     except (DataFormatError, OSError) as e:
         if not _user_error(e):
             raise

@@ -144,6 +144,7 @@ class DenseEncoder(nn.Module):
         self.passage_model = query_model if passage_model is None else passage_model
         self.tokenizer = tokenizer
         self.projection = projection
+        self.source_path: str | None = None  # the folder from_pretrained read, if any
 
     # ----------------------------------------------------------------------------- construction
     @classmethod
@@ -181,7 +182,10 @@ class DenseEncoder(nn.Module):
             projection = nn.Linear(query_model.config.hidden_size, config.projection_dim)
             if (root / PROJECTION_NAME).is_file():
                 projection.load_state_dict(load_file(str(root / PROJECTION_NAME)))
-        return cls(config, query_model, passage_model, tokenizer, projection)
+        encoder = cls(config, query_model, passage_model, tokenizer, projection)
+        # where exports of this checkpoint (ONNX backends) may be cached beside it
+        encoder.source_path = str(root)
+        return encoder
 
     @property
     def dim(self) -> int:

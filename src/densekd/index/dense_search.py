@@ -29,13 +29,16 @@ def default_fingerprint(encoder: Any) -> str:
     """Describe a torch-module encoder by its class, ``config`` and a hash of its weights.
 
     Hashing the weights (not the checkpoint path) means a fine-tuned model never reuses the
-    embeddings of its starting point.
+    embeddings of its starting point. An encoder with a ``cache_fingerprint()`` method (e.g. an
+    ONNX-backed :class:`~densekd.encoders.onnx_backend.OnnxDenseEncoder`) describes itself.
 
     Raises
     ------
     ValueError
         For an encoder without ``state_dict`` (pass ``fingerprint=`` explicitly then).
     """
+    if hasattr(encoder, "cache_fingerprint"):
+        return str(encoder.cache_fingerprint())
     if not hasattr(encoder, "state_dict"):
         raise ValueError(f"cannot fingerprint a {type(encoder).__name__}: pass fingerprint= to cache its embeddings")
     import torch  # local: the rest of the index package works without torch

@@ -3,8 +3,8 @@
 Output folder (data contract, read by ``densekd search``)
 ---------------------------------------------------------
 * ``densekd_index.json``: ``{"kind": "bm25"|"dense", "corpus": str, "passages": int}`` plus, for
-  dense, ``"model"`` (resolved checkpoint path), ``"max_length"`` and ``"factory"``; ``search`` takes
-  the kind and the model from it.
+  dense, ``"model"`` (resolved checkpoint path), ``"max_length"``, ``"factory"`` and ``"backend"``; ``search``
+  takes the kind and the model from it.
 * The whole folder is built under a temporary name beside ``--out`` and published in one step
   (:func:`densekd.index._storage.atomic_dir`): a failed or interrupted (re)build leaves an existing
   index untouched and a new ``--out`` absent; simultaneous builds of one ``--out`` end with one of them.
@@ -70,14 +70,21 @@ class IndexConfig:
                 "with its own --shard-index; default: torchrun's WORLD_SIZE, else 1", "metavar": "N"})
     shard_index: int | None = field(default=None, metadata={
         "help": "dense only: this process's shard, 0..N-1; default: torchrun's RANK, else 0", "metavar": "K"})
+    backend: str = field(default="torch", metadata={
+        "help": "dense only: inference backend: torch (PyTorch fp32), onnx (ONNX Runtime fp32, same vectors), "
+                "onnx-int8 (dynamic int8: fastest, vectors drift slightly); ONNX exports are cached beside "
+                "the model (needs onnxruntime)"})
     allow_empty: bool = field(default=False, metadata={
         "help": "accept passages with empty text (Cranfield has two)"})
     bm25: BM25Settings = field(default_factory=BM25Settings)
 
     def __post_init__(self) -> None:
+        from densekd.encoders.onnx_backend import BACKENDS
         from densekd.pipeline.validate import check_numbers
 
         check_numbers(self)  # every number finite and in range (bm25.k1 > 0, 0 <= bm25.b <= 1, ...), naming the key
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if (self.num_shards is None) != (self.shard_index is None):
             raise ValueError("give both num_shards and shard_index, or neither (torchrun sets them)")
         if self.num_shards is not None and self.shard_index is not None:
@@ -103,6 +110,7 @@ examples:
   densekd index --corpus data/scifact/corpus.jsonl --out idx/scifact-minilm --kind dense
   densekd index --corpus data/scifact/corpus.jsonl --out idx/s --kind dense --model runs/student/final \\
                 --factory HNSW32 --batch-size 128
+  densekd index --corpus data/scifact/corpus.jsonl --out idx/s8 --kind dense --backend onnx-int8
   densekd index --config index.yaml --set bm25.k1=0.9
   # sharded dense encoding: 2 processes (or: torchrun --nproc_per_node 2 -m densekd.cli.main index ...)
   densekd index --corpus c.jsonl --out idx/s --kind dense --num-shards 2 --shard-index 0 &
@@ -140,8 +148,11 @@ def _faiss_reason(error: Exception) -> str:
 def _load_encoder(cfg: IndexConfig) -> Any:
     """The encoder, after every check that can fail without encoding (model, max_length, factory)."""
     from densekd.encoders.dense import DenseEncoder
+    from densekd.encoders.onnx_backend import require, with_backend
     from densekd.index.faiss_index import FaissIndex
 
+    if cfg.backend != "torch":  # a missing onnxruntime is reported before any weight is loaded
+        require("onnxruntime", f"backend {cfg.backend!r}")
     encoder = DenseEncoder.from_pretrained(cfg.model, passage_max_length=cfg.max_length)
     limit = getattr(encoder.passage_model.config, "max_position_embeddings", None)
     if limit is not None and cfg.max_length > limit:
@@ -152,7 +163,7 @@ def _load_encoder(cfg: IndexConfig) -> Any:
     except ValueError as e:
         raise DataFormatError(None, f"key 'factory': invalid faiss factory string {cfg.factory!r} "
                                     f"({_faiss_reason(e)})") from None
-    return encoder
+    return with_backend(encoder, cfg.backend)
 
 
 def _staged_embeddings(out: Path) -> Path:
@@ -203,7 +214,8 @@ def _build_dense(cfg: IndexConfig, corpus: Any, out: Path) -> None:
         print(f"densekd index: shard {shard.index} of {shard.num_shards} encoded; the process that completes "
               f"{stage} builds the index", file=sys.stderr)
         return
-    extra = {"model": resolve_model_path(cfg.model), "max_length": cfg.max_length, "factory": cfg.factory}
+    extra = {"model": resolve_model_path(cfg.model), "max_length": cfg.max_length, "factory": cfg.factory,
+             "backend": cfg.backend}
     with atomic_dir(out) as tmp:
         try:
             store.to_faiss(cfg.factory, metric="ip").save(tmp / "faiss")

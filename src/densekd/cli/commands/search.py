@@ -8,6 +8,10 @@ Inputs and outputs (data contract)
 * ``--queries``: a BEIR ``queries.jsonl``. ``--split NAME`` keeps the queries judged in
   ``<queries folder>/qrels/NAME.tsv``; ``--qrels FILE`` does the same with any qrels file.
 * ``--out``: a TREC run file (``qid Q0 pid rank score tag``), see :mod:`densekd.data.trec`.
+* ``--latency``: queries are searched one at a time (batch 1) and the per-query time (dense: query
+  encoding + FAISS; BM25: tokenising + scoring) is reported as p50/p95 in milliseconds on stderr
+  and, with ``--latency-out FILE``, as JSON ``{"kind", "backend", "n", "p50", "p95", "mean", "max"}``.
+  The run is the same as without it (apart from float rounding of batched vs. single encoding).
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ class SearchConfig:
         "help": "dense only: query encoder; default: the model the index was built with", "metavar": "PATH"})
     batch_size: int = field(default=128, metadata={"help": "dense only: queries per encoder batch"})
     max_length: int = field(default=64, metadata={"help": "dense only: query length limit in tokens"})
+    backend: str | None = field(default=None, metadata={
+        "help": "dense only: query encoder backend (torch, onnx, onnx-int8); default: the "
+                "backend the index was built with"})
+    latency: bool = field(default=False, metadata={
+        "help": "search queries one at a time (batch 1) and report per-query latency p50/p95 on stderr"})
+    latency_out: str | None = field(default=None, metadata={
+        "help": "with --latency: also write the latency summary as JSON to this file", "metavar": "FILE"})
 
     def __post_init__(self) -> None:
         from densekd.pipeline.validate import check_numbers
@@ -121,26 +132,48 @@ def _select_queries(cfg: SearchConfig) -> Any:
     return selected
 
 
-def _search_dense(cfg: SearchConfig, info: dict[str, Any], queries: Any) -> Any:
-    from densekd.encoders.dense import DenseEncoder
-    from densekd.index.faiss_index import FaissIndex
+def _query_encoder(cfg: SearchConfig, info: dict[str, Any], backend: str) -> Any:
+    from densekd.encoders.onnx_backend import BACKENDS, load_encoder
 
     model = cfg.model or info.get("model")
     if model is None:
         raise DataFormatError(info["path"], "a bare FAISS index does not name its encoder: give --model")
     if not Path(model).is_dir() and not cfg.model:
         raise DataFormatError(Path(cfg.index) / MANIFEST, f"the index's model folder is gone: {model} (give --model)")
+    if backend not in BACKENDS:
+        raise DataFormatError(None, f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return load_encoder(model, backend, query_max_length=cfg.max_length)
+
+
+def _searcher(cfg: SearchConfig, info: dict[str, Any], backend: str) -> tuple[Any, Any]:
+    """``(search_all(queries) -> Run, search_one(qid, text) -> {pid: score})`` for the index kind."""
+    if info["kind"] == "bm25":
+        from densekd.index.bm25 import BM25Index
+
+        bm25 = BM25Index.load(info["path"])
+        return (lambda qs: bm25.search(qs, k=cfg.k),
+                lambda qid, text: bm25.search({qid: text}, k=cfg.k, show_progress=False).get(qid, {}))
+    from densekd.index.faiss_index import FaissIndex
+
     index = FaissIndex.load(info["path"])
-    encoder = DenseEncoder.from_pretrained(model, query_max_length=cfg.max_length)
-    qids = list(queries)
-    vectors = encoder.encode_queries([queries[q].text for q in qids], batch_size=cfg.batch_size)
-    return index.search(vectors, qids, k=cfg.k)
+    encoder = _query_encoder(cfg, info, backend)
+
+    def search_all(qs: Any) -> Any:
+        qids = list(qs)
+        vectors = encoder.encode_queries([qs[q].text for q in qids], batch_size=cfg.batch_size)
+        return index.search(vectors, qids, k=cfg.k)
+
+    def search_one(qid: str, text: str) -> dict[str, float]:
+        return index.search(encoder.encode_queries([text], batch_size=1), [qid], k=cfg.k)[qid]
+
+    return search_all, search_one
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``densekd search``."""
     cfg = config_from_args(args, SearchConfig)
     from densekd.cli.outputs import check_model_folder, check_output
+    from densekd.data.io import write_json
     from densekd.data.trec import write_run
 
     info = read_index_info(Path(cfg.index))  # first: "not an index" says more than any --out problem
@@ -148,12 +181,20 @@ def main(args: argparse.Namespace) -> int:
                                     "--model": cfg.model})
     check_model_folder("--model", cfg.model)
     queries = _select_queries(cfg)
-    if info["kind"] == "bm25":
-        from densekd.index.bm25 import BM25Index
-
-        run = BM25Index.load(info["path"]).search(queries, k=cfg.k)
+    backend = cfg.backend or info.get("backend", "torch")
+    search_all, search_one = _searcher(cfg, info, backend)
+    if not cfg.latency:
+        run = search_all(queries)
     else:
-        run = _search_dense(cfg, info, queries)
+        from densekd.index.latency import timed_search
+
+        run, lat = timed_search(search_one, {qid: q.text for qid, q in queries.items()})
+        what = "BM25" if info["kind"] == "bm25" else f"encode ({backend}) + FAISS"
+        print(f"densekd search: latency per query (batch 1, {what}): p50 {lat['p50']:.2f} ms, "
+              f"p95 {lat['p95']:.2f} ms over {lat['n']} queries", file=sys.stderr)
+        if cfg.latency_out:
+            write_json(cfg.latency_out, {"kind": info["kind"], "backend": backend if info["kind"] == "dense" else None,
+                                         **lat})
     write_run(cfg.out, run)
     print(f"densekd search: {len(run)} queries, top {cfg.k} -> {cfg.out}", file=sys.stderr)
     return 0
