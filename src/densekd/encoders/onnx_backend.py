@@ -176,6 +176,7 @@ def export_tower(encoder: Any, tower: nn.Module, backend: str, root: Path) -> Pa
             fp32.unlink()
         meta = {"backend": backend, "opset": OPSET, "version": EXPORT_VERSION, "key": key}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        tmp.chmod(0o755)  # mkdtemp makes it private; the published export is readable like its checkpoint
         try:
             tmp.rename(final)
         except OSError:  # another process published the same key first: theirs is equivalent
