@@ -14,7 +14,7 @@ from densekd.index.late_interaction import (
     encode_corpus_tokens,
     late_interaction_search,
 )
-from densekd.losses.scores import maxsim
+from densekd.scores import maxsim
 
 
 def exhaustive(encoder: LateInteractionEncoder, data) -> dict[str, dict[str, float]]:

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from densekd.encoders.late_interaction import punctuation_ids, token_mask
-from densekd.index.late_interaction import maxsim_ragged, stack_ragged
-from densekd.losses.scores import maxsim, maxsim_grouped
+from densekd.scores import maxsim, maxsim_grouped, maxsim_ragged, stack_ragged
 
 # query: two real tokens and a padded one whose vector would add 5 + 5 if it were counted
 Q = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])

@@ -13,14 +13,8 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from densekd.losses import (
-    InfoNCE,
-    ScoreBatch,
-    gather_with_grad,
-    global_in_batch,
-    group_scores,
-    in_batch_scores,
-)
+from densekd.losses import InfoNCE, ScoreBatch
+from densekd.scores import gather_with_grad, global_in_batch, group_scores, in_batch_scores
 
 WORLD, B_LOCAL, G, DIM = 2, 2, 3, 6
 

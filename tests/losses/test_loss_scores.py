@@ -5,15 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from densekd.losses import (
-    ScoreBatch,
-    gather_with_grad,
-    global_in_batch,
-    group_scores,
-    in_batch_scores,
-    maxsim,
-    maxsim_grouped,
-)
+from densekd.losses import ScoreBatch
+from densekd.scores import gather_with_grad, global_in_batch, group_scores, in_batch_scores, maxsim, maxsim_grouped
 
 
 def test_group_scores_pick_each_querys_own_candidates():

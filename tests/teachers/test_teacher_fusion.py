@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from densekd.teachers.fusion import fuse_candidates, zscore
+from densekd.scores import zscore
+from densekd.teachers.fusion import fuse_candidates
 
 
 def test_cross_encoder_alone_keeps_raw_logits():

@@ -18,7 +18,7 @@ Data contract
   :class:`~densekd.training.trainer.DistillTrainer`; ``passage`` is group-major ``[B * G]``)::
 
       {"dense": float[B, G],                 # dot products of pooled vectors
-       "colbert": float[B, G],               # MaxSim (losses.scores.maxsim_grouped)
+       "colbert": float[B, G],               # MaxSim (scores.maxsim_grouped)
        "dense_in_batch": InBatchScores,      # [B, N] vs every passage of the DDP-global batch
        "colbert_in_batch": float[B, B * G]}  # vs the local batch's passages (token matrices of
                                              #   different lengths are not gathered across ranks)
@@ -69,7 +69,7 @@ from densekd.encoders.late_interaction import (
     token_mask,
 )
 from densekd.index.token_states import CachedPassages, PassageTokenStates
-from densekd.losses.scores import InBatchScores, global_in_batch, group_scores, maxsim, maxsim_grouped
+from densekd.scores import InBatchScores, global_in_batch, group_scores, maxsim, maxsim_grouped
 
 DEFAULT_COLBERT_DIM = 128
 

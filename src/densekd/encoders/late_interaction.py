@@ -8,8 +8,8 @@ Data contract
   ``False`` for padding and, on passages with ``skip_punctuation``, for punctuation tokens (ColBERT's
   skiplist: they match everything and carry no meaning).
 * Score = MaxSim: the sum over real query tokens of the best cosine over real passage tokens,
-  in ``[-Lq, Lq]`` (:func:`densekd.losses.scores.maxsim` on padded tensors,
-  :func:`densekd.index.late_interaction.maxsim_ragged` on the ragged numpy arrays of inference).
+  in ``[-Lq, Lq]`` (:func:`densekd.scores.maxsim` on padded tensors, :func:`densekd.scores.maxsim_ragged`
+  on the ragged numpy arrays of inference).
 * ``encode_query_tokens(texts) / encode_passage_tokens(texts)``: inference, a list (input order) of
   ``np.float32[n_i, D]`` arrays holding only the real tokens of each text.
 
@@ -44,7 +44,7 @@ from densekd.data.io import DataFormatError, atomic_path, atomic_write
 from densekd.data.types import Corpus, Passage, Queries, Run, top_k
 from densekd.encoders.dense import _load_tower, resolve_model_path
 from densekd.encoders.tokenize import length_sorted_batches, tokenize_texts
-from densekd.index.late_interaction import maxsim_ragged, stack_ragged
+from densekd.scores import maxsim_ragged, stack_ragged
 
 LI_CONFIG_NAME = "densekd_late_interaction.json"
 LI_HEAD_NAME = "late_interaction_head.safetensors"

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from densekd.data.types import Run, top_k
+from densekd.scores import zscore
 
 __all__ = ["FUSION_METHODS", "fuse"]
 
@@ -41,8 +42,10 @@ def _normalize(scores: dict[str, float], method: str, rrf_k: float) -> tuple[dic
         return {doc: 1.0 / (rrf_k + rank) for rank, (doc, _) in enumerate(ranked, start=1)}, 0.0
     values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
     if method == "zscore":
-        std = values.std()
-        z = (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+        # min_std=0 keeps fuse()'s numbers: only an exactly-zero std maps to zeros. A constant run whose
+        # mean is inexact (std ~1e-17) thus gets rounding-noise z-scores, not the zeros the module doc
+        # promises; the default min_std would fix that but change fused scores of existing runs.
+        z = zscore(values, min_std=0.0)
         return dict(zip(scores, z.tolist())), float(z.min())
     span = values.max() - values.min()
     scaled = (values - values.min()) / span if span > 0 else np.ones_like(values)

@@ -40,52 +40,14 @@ from densekd.index._storage import (
     atomic_dir, finish_store, load_ids, read_json_file, require_keys, same_key, save_ids, save_npy,
 )
 from densekd.index.encode import corpus_digest
+from densekd.scores import maxsim_ragged, stack_ragged
 
-__all__ = ["TokenEmbeddingStore", "TokenFaissIndex", "encode_corpus_tokens", "late_interaction_search",
-           "maxsim_ragged", "stack_ragged"]
+__all__ = ["TokenEmbeddingStore", "TokenFaissIndex", "encode_corpus_tokens", "late_interaction_search"]
 
 FORMAT = "densekd.tokens/1"
 MANIFEST, STATE = "manifest.json", "token_state.json"
 KEY_FIELDS = ("format", "fingerprint", "corpus_digest", "n", "chunk_size", "dtype")
 DTYPES = ("float16", "float32")
-
-
-def maxsim_ragged(q: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Exact MaxSim of one query against ragged passages, ``np.float32[n]``.
-
-    Parameters
-    ----------
-    q
-        ``[Lq, D]`` query token embeddings (real tokens only).
-    tokens
-        ``[T, D]`` token embeddings of ``n`` passages stacked (any float dtype; computed in float32).
-    offsets
-        ``[n + 1]`` int: passage ``i`` owns rows ``offsets[i]:offsets[i + 1]``; every passage needs at
-        least one token (a stored passage always keeps ``[CLS]`` and ``[SEP]``).
-
-    Examples
-    --------
-    >>> q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
-    >>> toks = np.array([[2.0, -1.0], [0.5, 0.5], [0.0, 3.0]], dtype=np.float32)
-    >>> maxsim_ragged(q, toks, np.array([0, 2, 3])).tolist()
-    [2.5, 3.0]
-    """
-    offsets = np.asarray(offsets, dtype=np.int64)
-    if len(offsets) < 2:
-        return np.zeros(0, dtype=np.float32)
-    if np.any(np.diff(offsets) < 1):
-        raise ValueError("every passage needs at least one token")
-    sim = np.asarray(tokens, dtype=np.float32) @ np.asarray(q, dtype=np.float32).T   # [T, Lq]
-    # reduceat takes the max over each passage's row block in one vectorised pass
-    best = np.maximum.reduceat(sim, offsets[:-1], axis=0)                              # [n, Lq]
-    return best.sum(axis=1).astype(np.float32)
-
-
-def stack_ragged(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """``(tokens[T, D], offsets[n + 1])`` for a list of ``[n_i, D]`` arrays."""
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(a) for a in arrays])
-    return np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32), offsets
 
 
 def _names(i: int) -> dict[str, str]:

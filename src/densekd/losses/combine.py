@@ -29,7 +29,7 @@ from densekd.losses.listwise import ListNet, RankNet
 from densekd.losses.margin_mse import MarginMSE
 from densekd.losses.margin_ranking import MarginRanking
 from densekd.losses.mse import ScoreMSE
-from densekd.losses.scores import ScoreBatch
+from densekd.losses.batch import ScoreBatch
 
 #: Config name -> loss class for :func:`build_loss`; names match each single-component loss's component
 #: name. Multi-head losses (``score_heads``, e.g. ``ernie``) report several components, ``ernie/<part>``.

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from densekd.losses._common import check_temperature, masked_log_softmax, weighted_mean
-from densekd.losses.scores import ScoreBatch
+from densekd.losses.batch import ScoreBatch
 
 
 def info_nce_loss(

@@ -9,7 +9,7 @@ an offline cross-encoder in turn teaches the late-interaction head ("cascade").
 
 Data contract
 -------------
-Input: a :class:`~densekd.losses.scores.ScoreBatch` whose own scores are the **dense** head
+Input: a :class:`~densekd.losses.batch.ScoreBatch` whose own scores are the **dense** head
 (``student[B, G]`` pooled-vector dot products, optional ``in_batch``) and whose ``heads["colbert"]``
 scores the same ``[B, G]`` candidates by MaxSim (its own optional ``in_batch``). ``teacher[B, G]`` holds
 raw cross-encoder logits (the offline ``teacher_scores`` column) and is needed only when a
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from densekd.losses._common import check_teacher, check_temperature
 from densekd.losses.contrastive import info_nce_loss
 from densekd.losses.kl import kl_distillation_loss
-from densekd.losses.scores import ScoreBatch
+from densekd.losses.batch import ScoreBatch
 
 COLBERT_HEAD = "colbert"
 

@@ -25,7 +25,7 @@ from densekd.losses._common import (
     soft_cross_entropy_terms,
     weighted_mean,
 )
-from densekd.losses.scores import ScoreBatch
+from densekd.losses.batch import ScoreBatch
 
 
 def kl_distillation_loss(

@@ -17,7 +17,7 @@ from densekd.losses._common import (
     teacher_ordered_pair_mean,
     weighted_mean,
 )
-from densekd.losses.scores import ScoreBatch
+from densekd.losses.batch import ScoreBatch
 
 
 def listnet_loss(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from densekd.losses._common import check_pair_shape, check_teacher, float_scores, weighted_mean
-from densekd.losses.scores import ScoreBatch
+from densekd.losses.batch import ScoreBatch
 
 
 def margin_mse_loss(

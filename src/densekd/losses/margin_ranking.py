@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from densekd.losses._common import check_pair_shape, check_teacher, teacher_ordered_pair_mean
-from densekd.losses.scores import ScoreBatch
+from densekd.losses.batch import ScoreBatch
 
 
 def margin_ranking_loss(

@@ -192,7 +192,7 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
     settings = {name: v for name, v in asdict(s).items() if name != "save_steps"}
     key = cache_key("fidkd-retriever-v1", scores_key, settings, k, normalize, start_from and start_from[1])
     if normalize == "zscore":
-        from densekd.teachers.fusion import zscore
+        from densekd.scores import zscore
 
         groups = [TrainGroup(g.qid, g.pos_ids, g.neg_ids, dict(zip(g.teacher_scores, zscore(np.array(
             list(g.teacher_scores.values()))).tolist()))) for g in groups]

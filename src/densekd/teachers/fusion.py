@@ -3,7 +3,8 @@
 A cross-encoder trained on a few hundred queries can be weaker than BM25 on some queries and stronger on
 others; a weighted sum of the signals is a better teacher than any one of them (the classic
 interpolation of first-stage and rerank scores). Units differ (logits, BM25 scores, cosines), so each
-signal is z-normalised over the query's candidate list before the weighted sum.
+signal is z-normalised over the query's candidate list (:func:`densekd.scores.zscore`) before the
+weighted sum.
 
 Contract
 --------
@@ -21,6 +22,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from densekd.scores import zscore
+
 SIGNALS = ("cross_encoder", "bm25", "dense", "label_dense")
 
 
@@ -37,18 +40,6 @@ def _column(candidates: Sequence[str], scores: Mapping[str, float]) -> np.ndarra
     present = [scores[p] for p in candidates if p in scores]
     floor = min(present) if present else 0.0
     return np.array([scores.get(p, floor) for p in candidates], dtype=np.float64)
-
-
-def zscore(x: np.ndarray) -> np.ndarray:
-    """``(x - mean) / std`` over one candidate list; a constant list maps to zeros.
-
-    Examples
-    --------
-    >>> zscore(np.array([1.0, 2.0, 3.0])).round(3).tolist()
-    [-1.225, 0.0, 1.225]
-    """
-    std = x.std()
-    return np.zeros_like(x) if std < 1e-12 else (x - x.mean()) / std
 
 
 def fuse_candidates(candidates: Sequence[str], signals: Mapping[str, Mapping[str, float]],

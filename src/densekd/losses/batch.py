@@ -1,0 +1,152 @@
+"""The input of every densekd loss: student, in-batch and teacher scores of one batch.
+
+Units
+-----
+Every tensor here holds **raw scores**: dot products of embeddings or ColBERT MaxSim sums, i.e. logits
+before any temperature or softmax. :class:`ScoreBatch.teacher` holds raw teacher logits (the
+``TrainGroup.teacher_scores`` column), never probabilities; each loss applies its own temperature and
+softmax.
+
+Layout
+------
+``B`` queries, each with a group of ``G`` candidates; candidate 0 is the positive. Passage embeddings
+are flattened group-major: candidate ``j`` of query ``i`` is row ``i * G + j`` of ``p[B * G, H]``, so in
+the in-batch matrix ``in_batch[B, N]`` query ``i``'s positive sits at column ``offset + i * G``
+(``offset = 0`` on a single process).
+
+Distributed training
+--------------------
+``in_batch`` may hold the local queries against every rank's passages (gathered by
+:func:`densekd.scores.global_in_batch`); every loss stays a mean over the **local** batch, and
+:mod:`densekd.scores.distributed` explains why that gives the exact global-batch gradient under DDP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class ScoreBatch:
+    """Everything a loss needs for one batch: student, in-batch and teacher scores (raw logits).
+
+    Attributes
+    ----------
+    student
+        ``[B, G]`` student scores of each query's candidate group; column 0 is the positive.
+    in_batch
+        ``[B, N]`` each local query against every passage of the (possibly gathered) batch, or
+        ``None``. ``N = B * G`` on one process; query ``i``'s positive is column
+        ``in_batch_offset + i * G``.
+    teacher
+        ``[B, G]`` raw teacher logits/scores for the same candidates, or ``None``.
+    weights
+        ``[B]`` non-negative per-instance weights (e.g. self-paced selection), or ``None`` = uniform.
+        Every loss becomes ``sum(w * loss_i) / sum(w)`` over the local batch.
+    mask
+        ``[B, G]`` bool, ``False`` = padded candidate, excluded from every loss. Integer masks are
+        converted. The positive (column 0) must be real; a row whose positive is padded is dropped by
+        the losses that need it.
+    in_batch_mask
+        ``[N]`` bool column mask for ``in_batch``. When ``None`` and ``mask`` is set, it defaults to
+        ``mask.reshape(-1)``, which is only possible when ``in_batch`` covers the local passages alone;
+        gathered batches must pass the gathered mask (:func:`global_in_batch` returns it).
+    in_batch_offset
+        Number of ``in_batch`` columns that belong to earlier ranks (``0`` on one process).
+    heads
+        Extra score heads of a multi-head student over the *same* ``[B, G]`` candidates, by name
+        (e.g. ``{"colbert": ScoreBatch(...)}`` from an ERNIE-Search model, whose dense head is this
+        batch itself), or ``None``. Single-head losses ignore them; a loss that needs one reads it
+        with :meth:`head`.
+
+    Examples
+    --------
+    >>> s = ScoreBatch(student=torch.zeros(2, 3), in_batch=torch.zeros(2, 6))
+    >>> s.batch_size, s.group_size, s.positive_columns().tolist()
+    (2, 3, [0, 3])
+    """
+
+    student: Tensor
+    in_batch: Tensor | None = None
+    teacher: Tensor | None = None
+    weights: Tensor | None = None
+    mask: Tensor | None = None
+    in_batch_mask: Tensor | None = None
+    in_batch_offset: int = 0
+    heads: dict[str, ScoreBatch] | None = None
+
+    def __post_init__(self) -> None:
+        if self.student.ndim != 2:
+            raise ValueError(f"student scores must be [B, G], got shape {tuple(self.student.shape)}")
+        b, g = self.student.shape
+        if self.teacher is not None and self.teacher.shape != self.student.shape:
+            raise ValueError(
+                f"teacher scores {tuple(self.teacher.shape)} do not match student scores {(b, g)}"
+            )
+        if self.weights is not None:
+            if self.weights.shape != (b,):
+                raise ValueError(f"weights must be [B]={b}, got shape {tuple(self.weights.shape)}")
+            # one host sync per batch; a negative weight would make the normalised mean meaningless
+            if bool((self.weights < 0).any()):
+                raise ValueError("weights must be non-negative")
+        if self.mask is not None:
+            if self.mask.shape != self.student.shape:
+                raise ValueError(f"mask {tuple(self.mask.shape)} does not match student scores {(b, g)}")
+            self.mask = self.mask.bool()
+        if self.in_batch is not None:
+            self._check_in_batch(b, g)
+        for name, head in (self.heads or {}).items():
+            if head.student.shape != self.student.shape:
+                raise ValueError(f"score head {name!r} has shape {tuple(head.student.shape)}, the primary "
+                                 f"scores {(b, g)}: every head must score the same candidates")
+
+    def _check_in_batch(self, b: int, g: int) -> None:
+        assert self.in_batch is not None
+        if self.in_batch.ndim != 2 or self.in_batch.shape[0] != b:
+            raise ValueError(f"in_batch must be [B={b}, N], got shape {tuple(self.in_batch.shape)}")
+        n = self.in_batch.shape[1]
+        last_positive = self.in_batch_offset + (b - 1) * g
+        if self.in_batch_offset < 0 or (b > 0 and last_positive >= n):
+            raise ValueError(
+                f"in_batch has {n} columns but in_batch_offset={self.in_batch_offset} with B={b}, G={g} "
+                f"puts the last positive at column {last_positive}"
+            )
+        if self.in_batch_mask is not None:
+            if self.in_batch_mask.shape != (n,):
+                raise ValueError(
+                    f"in_batch_mask must be [N]={n}, got shape {tuple(self.in_batch_mask.shape)}"
+                )
+            self.in_batch_mask = self.in_batch_mask.bool()
+        elif self.mask is not None:
+            if n != b * g or self.in_batch_offset != 0:
+                raise ValueError(
+                    f"in_batch has {n} columns (gathered?) but only the local [B, G]={b, g} mask was "
+                    "given; pass in_batch_mask for all columns (global_in_batch returns it)"
+                )
+            self.in_batch_mask = self.mask.reshape(-1)
+
+    @property
+    def batch_size(self) -> int:
+        """``B``, the number of local queries."""
+        return self.student.shape[0]
+
+    @property
+    def group_size(self) -> int:
+        """``G``, candidates per query (positive included)."""
+        return self.student.shape[1]
+
+    def head(self, name: str) -> ScoreBatch:
+        """The extra score head ``name``; ``ValueError`` naming the available heads when it is absent."""
+        if not self.heads or name not in self.heads:
+            raise ValueError(f"no score head {name!r} in this batch (heads: {sorted(self.heads or {})}); "
+                             "train a student whose compute_scores provides it (encoders.ernie.ErnieSearchModel)")
+        return self.heads[name]
+
+    def positive_columns(self) -> Tensor:
+        """``[B]`` long: the ``in_batch`` column of each query's positive."""
+        rows = torch.arange(self.batch_size, device=self.student.device)
+        return self.in_batch_offset + rows * self.group_size
+
