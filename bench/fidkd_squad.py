@@ -139,12 +139,12 @@ def sub_context(ctx: QAContext, name: str, **retriever: Any) -> QAContext:
 
 def base_store(ctx: QAContext) -> Any:
     """The start retriever's corpus vectors, exactly as :func:`run_fidkd` caches them (``query_only``)."""
+    from densekd.data.hashing import file_digest
     from densekd.encoders.dense import resolve_model_path
-    from densekd.teachers.base import fingerprint_file
 
     start = Path(resolve_model_path(ctx.cfg.retriever.model))
     weights = start / "model.safetensors"
-    return fidkd.corpus_vectors(ctx, start, fingerprint_file(weights) if weights.is_file() else str(start), "base")
+    return fidkd.corpus_vectors(ctx, start, file_digest(weights) if weights.is_file() else str(start), "base")
 
 
 def recalls(ctx: QAContext, runs: Path, bm25: Path | None = None) -> dict[str, Any]:

@@ -2,18 +2,24 @@
 
 The expected strings were computed with the code as it was before the hash helpers were merged into
 :mod:`densekd.data.hashing` (pipeline.cache.file_digest, teachers.base.fingerprint_*,
-index.dense_search.default_fingerprint, encoders.onnx_backend._weights_digest). A change here means
+index.dense_search.default_fingerprint, encoders.onnx_backend._weights_digest, the seeded draws of
+pipeline.label_dense and mining.pseudo_queries). A change here means
 every cached step, annotation and embedding store would silently be recomputed.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from densekd.data import hashing
+from densekd.data.hashing import seeded_hash, weights_digest
 from densekd.index.dense_search import default_fingerprint
 from densekd.pipeline.cache import cache_key, file_digest
+from densekd.pipeline.label_dense import assign_folds
 from densekd.teachers.base import fingerprint_file, fingerprint_parts, fingerprint_state_dict
 
 FILE_A = b"densekd\n" * 1000
@@ -63,18 +69,28 @@ def test_dense_search_default_fingerprint_is_pinned():
     assert default_fingerprint(_Tiny()) == "_Tiny:{'dim': 3}:weights=0219f64110569cfc6137336ac4fb05fd"
 
 
-def test_onnx_weights_digest_is_pinned():
-    onnx_backend = pytest.importorskip("densekd.encoders.onnx_backend")
+def test_weights_digest_is_pinned():
+    # the ONNX export key's "weights" entry (tower then projection; None skipped), as onnx_backend hashed it
     tiny = _Tiny()
     constant = nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         constant.weight.fill_(2.0)
-    assert onnx_backend._weights_digest(tiny.lin, None, constant) == "5e310a4dec60ea9bd1ff355cbd59a88e"
+    assert weights_digest([tiny.lin.state_dict(), constant.state_dict()]) == "5e310a4dec60ea9bd1ff355cbd59a88e"
     # one module: the same digest default_fingerprint puts after "weights="
-    assert onnx_backend._weights_digest(tiny) == "0219f64110569cfc6137336ac4fb05fd"
+    assert weights_digest([tiny.state_dict()]) == "0219f64110569cfc6137336ac4fb05fd"
 
 
-def test_cache_key_is_pinned(tmp_path):
-    from pathlib import Path
+def test_seeded_draws_are_pinned():
+    # fold assignment of the label-dense teacher and the pseudo-query order hash (seed, key) the same way
+    assert assign_folds(["q1", "q2", "q3", "abc", "7"], 5, 13) == {"q1": 1, "q2": 3, "q3": 4, "abc": 0, "7": 2}
+    assert [seeded_hash(0, "p1"), seeded_hash(42, "doc-7")] == [18192574648761365533, 14780803897903428590]
 
+
+def test_file_digest_helper_matches_both_old_call_sites(files):
+    a, b = files
+    assert hashing.file_digest(a) == fingerprint_file(a)
+    assert hashing.file_digest(a, b, length=16) == file_digest(a, b)
+
+
+def test_cache_key_is_pinned():
     assert cache_key({"b": 1, "a": [2, 3]}, Path("x/y"), "s") == "caf5804ee961cf18"

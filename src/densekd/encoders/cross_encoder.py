@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from densekd.data.io import DataFormatError, atomic_write
-from densekd.encoders.dense import resolve_model_path
+from densekd.encoders.dense import add_model_prefix, resolve_model_path
 
 CONFIG_NAME = "densekd_cross_encoder.json"
 DEFAULT_MAX_LENGTH = 256
@@ -81,7 +81,7 @@ class CrossEncoder(nn.Module):
         # Trainer checkpoints hold the inner HF model's keys (save_pretrained writes them); the Trainer
         # reloads them with load_state_dict(strict=False) on this wrapper, so map them instead of
         # letting the load silently skip every weight.
-        self.register_load_state_dict_pre_hook(_add_model_prefix)
+        self.register_load_state_dict_pre_hook(add_model_prefix)
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -223,11 +223,3 @@ class CrossEncoder(nn.Module):
         # the densekd config goes last: its presence marks a complete folder
         with atomic_write(out / CONFIG_NAME) as f:
             json.dump({"max_length": self.max_length}, f, indent=2)
-
-
-def _add_model_prefix(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
-    """Load-state-dict pre-hook: accept the inner HF model's keys (``bert.…``) for ``model.bert.…``."""
-    inner = prefix + "model."
-    for key in list(state_dict):
-        if key.startswith(prefix) and not key.startswith(inner):
-            state_dict[inner + key[len(prefix):]] = state_dict.pop(key)

@@ -58,6 +58,19 @@ def resolve_model_path(path: str | os.PathLike | None) -> str:
     return str(path)
 
 
+def add_model_prefix(module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook of a wrapper holding an HF model as ``.model``: accept the inner model's keys.
+
+    Trainer checkpoints hold the inner model's keys (``encoder.…``, ``bert.…``); this renames them to
+    ``model.encoder.…`` in place, so ``wrapper.load_state_dict`` (strict or not) loads every weight.
+    Register it with ``self.register_load_state_dict_pre_hook(add_model_prefix)``.
+    """
+    inner = prefix + "model."
+    for key in list(state_dict):
+        if key.startswith(prefix) and not key.startswith(inner):
+            state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+
+
 @dataclass
 class DenseEncoderConfig:
     """Settings of a :class:`DenseEncoder`.

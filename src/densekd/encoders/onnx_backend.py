@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from densekd.data.hashing import weights_digest
 from densekd.data.types import Passage
 from densekd.encoders.deps import MissingDependencyError, require
 from densekd.encoders.tokenize import length_sorted_batches, tokenize_texts
@@ -77,17 +78,6 @@ class _Embedder(nn.Module):
         return self.encoder.vectors_from_hidden(hidden, batch["attention_mask"])  # [B, D]
 
 
-def _weights_digest(*modules: nn.Module | None) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for m in modules:
-        if m is None:
-            continue
-        for name, t in sorted(m.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def export_key(encoder: Any, tower: nn.Module, backend: str) -> str:
     """Cache key of one tower's export (see "Export cache" in the module docstring)."""
     ort = require("onnxruntime", f"backend {backend!r}")
@@ -95,7 +85,7 @@ def export_key(encoder: Any, tower: nn.Module, backend: str) -> str:
     h = hashlib.blake2b(digest_size=12)
     settings = {"backend": backend, "opset": OPSET, "version": EXPORT_VERSION, "ort": ort.__version__,
                 "pooling": cfg.pooling, "normalize": cfg.normalize, "projection_dim": cfg.projection_dim,
-                "weights": _weights_digest(tower, encoder.projection)}
+                "weights": weights_digest(m.state_dict() for m in (tower, encoder.projection) if m is not None)}
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()
 

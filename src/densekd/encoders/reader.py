@@ -53,7 +53,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from densekd.data.io import DataFormatError, atomic_write
 from densekd.data.types import Passage
-from densekd.encoders.dense import resolve_model_path
+from densekd.encoders.dense import add_model_prefix, resolve_model_path
 
 CONFIG_NAME = "densekd_fid_reader.json"
 IGNORE_INDEX = -100
@@ -197,7 +197,7 @@ class FiDReader(nn.Module):
         if self.config.freeze_encoder:
             self.model.get_encoder().requires_grad_(False)
         # Trainer checkpoints hold the inner HF model's keys; map them onto this wrapper on reload
-        self.register_load_state_dict_pre_hook(_add_model_prefix)
+        self.register_load_state_dict_pre_hook(add_model_prefix)
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -388,11 +388,3 @@ def _set_special_tokens(model: nn.Module, tokenizer: Any) -> None:
         value = value[0] if isinstance(value, list) else value
         setattr(model.config, name, value)
         setattr(model.generation_config, name, value)
-
-
-def _add_model_prefix(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-    """Load-state-dict pre-hook: accept the inner HF model's keys (``encoder.…``) for ``model.encoder.…``."""
-    inner = prefix + "model."
-    for key in list(state_dict):
-        if key.startswith(prefix) and not key.startswith(inner):
-            state_dict[inner + key[len(prefix):]] = state_dict.pop(key)

@@ -11,13 +11,13 @@ is rebuilt on each call, which is cheap next to encoding.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from densekd.data.hashing import weights_digest
 from densekd.data.types import Corpus, Passage, Queries, Query, Run
 from densekd.index.encode import encode_corpus
 from densekd.index.faiss_index import FaissIndex
@@ -41,14 +41,8 @@ def default_fingerprint(encoder: Any) -> str:
         return str(encoder.cache_fingerprint())
     if not hasattr(encoder, "state_dict"):
         raise ValueError(f"cannot fingerprint a {type(encoder).__name__}: pass fingerprint= to cache its embeddings")
-    import torch  # local: the rest of the index package works without torch
-
-    h = hashlib.blake2b(digest_size=16)
-    for name, tensor in sorted(encoder.state_dict().items()):
-        h.update(name.encode("utf-8"))
-        # Raw bytes via a uint8 view: works for every dtype, bfloat16 included (numpy lacks it).
-        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return f"{type(encoder).__name__}:{getattr(encoder, 'config', '')!r}:weights={h.hexdigest()}"
+    weights = weights_digest([encoder.state_dict()])
+    return f"{type(encoder).__name__}:{getattr(encoder, 'config', '')!r}:weights={weights}"
 
 
 def _texts(queries: Queries | Mapping[str, str]) -> tuple[list[str], list[str]]:

@@ -16,9 +16,9 @@ passage ids, not on the corpus order.
 
 from __future__ import annotations
 
-import hashlib
 import re
 
+from densekd.data.hashing import seeded_hash
 from densekd.data.types import Corpus, Qrels, Queries, Query
 
 PREFIX = "pseudo:"
@@ -36,10 +36,6 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
-def _draw(seed: int, key: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big")
-
-
 def sentence_queries(corpus: Corpus, n: int, seed: int = 0, min_words: int = 6,
                      max_words: int = 40) -> tuple[Queries, Qrels]:
     """``n`` pseudo-queries (one sentence each) from ``n`` passages of ``corpus`` (see the module contract).
@@ -50,12 +46,12 @@ def sentence_queries(corpus: Corpus, n: int, seed: int = 0, min_words: int = 6,
         raise ValueError(f"need n >= 1 and min_words <= max_words, got n={n}, {min_words}..{max_words}")
     queries: Queries = {}
     qrels: Qrels = {}
-    for pid in sorted(corpus, key=lambda p: _draw(seed, p)):  # a seeded order independent of the file's
+    for pid in sorted(corpus, key=lambda p: seeded_hash(seed, p)):  # a seeded order independent of the file's
         sentences = [s for s in split_sentences(corpus[pid].text) if min_words <= len(s.split()) <= max_words]
         if not sentences:
             continue
         qid = PREFIX + pid
-        queries[qid] = Query(qid, sentences[_draw(seed + 1, pid) % len(sentences)])
+        queries[qid] = Query(qid, sentences[seeded_hash(seed + 1, pid) % len(sentences)])
         qrels[qid] = {pid: 1}
         if len(queries) == n:
             break

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from densekd.data import hashing
 from densekd.data.io import write_json
 
 MARKER = "DONE.json"
@@ -47,13 +48,8 @@ def cache_key(*parts: Any, length: int = 16) -> str:
 
 
 def file_digest(*paths: str | Path, length: int = 16) -> str:
-    """sha256 over the bytes of ``paths`` (streamed), used to key steps on their input data."""
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:length]
+    """sha256 over the bytes of ``paths`` (:func:`densekd.data.hashing.file_digest`), 16 hex by default."""
+    return hashing.file_digest(*paths, length=length)
 
 
 def is_done(folder: Path) -> bool:

@@ -310,9 +310,9 @@ def run_fidkd(cfg: FidKDConfig) -> dict[str, Any]:
         iteration: answer_recall@1/5/20, reader_em, reader_f1, top_attention_has_answer,
         train_top_attention_has_answer], "steps": {step: {seconds, cached}}}``.
     """
+    from densekd.data.hashing import file_digest
     from densekd.encoders.dense import resolve_model_path
     from densekd.pipeline import fidkd_report
-    from densekd.teachers.base import fingerprint_file
 
     ctx = load_qa_context(cfg)
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -326,7 +326,7 @@ def run_fidkd(cfg: FidKDConfig) -> dict[str, Any]:
     if cfg.retriever.train_mode == "query_only":  # one frozen passage side for every iteration
         start = Path(resolve_model_path(cfg.retriever.model))
         weights = start / "model.safetensors"  # keyed by content: a checkpoint rewritten in place re-encodes
-        base_store = corpus_vectors(ctx, start, fingerprint_file(weights) if weights.is_file() else str(start), "base")
+        base_store = corpus_vectors(ctx, start, file_digest(weights) if weights.is_file() else str(start), "base")
     reader = retriever = None
     groups: list[TrainGroup] = []
     for n in range(1, cfg.iterations + 1):

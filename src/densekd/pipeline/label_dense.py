@@ -25,7 +25,6 @@ Contract
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from densekd.data.hashing import seeded_hash
 from densekd.data.types import Run, TrainGroup
 from densekd.pipeline import steps
 from densekd.pipeline.cache import cache_key
@@ -57,7 +57,7 @@ def assign_folds(qids: Sequence[str], folds: int, seed: int = 0) -> dict[str, in
     """
     if folds < 2:
         raise ValueError(f"teacher.label_dense.folds must be >= 2 for cross-fitting, got {folds}")
-    return {q: int.from_bytes(hashlib.sha256(f"{seed}:{q}".encode()).digest()[:8], "big") % folds for q in qids}
+    return {q: seeded_hash(seed, q) % folds for q in qids}
 
 
 @dataclass

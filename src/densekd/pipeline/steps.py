@@ -273,13 +273,13 @@ def dark_examples(ctx: Context, groups: list[TrainGroup], scored: list[TrainGrou
 
 def corpus_embeddings(ctx: Context, model_path: str | None, max_length: int, tag: str) -> Any:
     """Corpus vectors of a dense model (cached, chunked, resumable); returns an EmbeddingStore."""
+    from densekd.data.hashing import file_digest
     from densekd.encoders.dense import DenseEncoder, resolve_model_path
     from densekd.index.encode import encode_corpus
-    from densekd.teachers.base import fingerprint_file
 
     path = Path(resolve_model_path(model_path))
     weights = path / "model.safetensors"
-    model_id = fingerprint_file(weights) if weights.is_file() else str(path)
+    model_id = file_digest(weights) if weights.is_file() else str(path)
     # keyed by the corpus alone: other queries or splits of the same corpus reuse the vectors
     fingerprint = cache_key("dense-v2", model_id, max_length, ctx.corpus_key)
     encoder = DenseEncoder.from_pretrained(path, passage_max_length=max_length)
@@ -340,13 +340,13 @@ def passage_token_states(ctx: Context, model_path: str | None, max_length: int, 
     model's passage tower, in ``<cache>/token_states/<key>/`` (key: model + corpus file + max length + dtype,
     as :func:`corpus_embeddings`). SciFact at length 256 takes ~5 min on 2 CPU cores once, ~0.9 GB.
     """
+    from densekd.data.hashing import file_digest
     from densekd.encoders.dense import DenseEncoder, resolve_model_path
     from densekd.index.token_states import encode_token_states
-    from densekd.teachers.base import fingerprint_file
 
     path = Path(resolve_model_path(model_path))
     weights = path / "model.safetensors"
-    model_id = fingerprint_file(weights) if weights.is_file() else str(path)
+    model_id = file_digest(weights) if weights.is_file() else str(path)
     fingerprint = cache_key("token-states-v2", model_id, max_length, ctx.corpus_key, dtype)
     folder = ctx.cache / "token_states" / fingerprint
     start = time.perf_counter()

@@ -17,15 +17,15 @@ Fingerprints are hex SHA-256 digests built with :func:`fingerprint_parts` from
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
-_READ_BLOCK = 1 << 20  # 1 MiB: streaming keeps multi-GB checkpoints out of memory
+# the fingerprint helpers live with every other cache-key hash; re-exported here as the teacher API
+from densekd.data.hashing import file_digest as fingerprint_file
+from densekd.data.hashing import fingerprint_parts, fingerprint_state_dict
+
+__all__ = ["Teacher", "fingerprint_file", "fingerprint_parts", "fingerprint_state_dict"]
 
 
 @runtime_checkable
@@ -41,52 +41,3 @@ class Teacher(Protocol):
               show_progress: bool = False) -> np.ndarray:
         """Raw logits ``np.float32[N]`` for ``N`` pairs, in input order."""
         ...
-
-
-def fingerprint_file(path: str | os.PathLike) -> str:
-    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "w.bin"
-    >>> _ = p.write_bytes(b"abc")
-    >>> fingerprint_file(p)[:16]
-    'ba7816bf8f01cfea'
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_READ_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fingerprint_state_dict(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 (hex) of tensors by name, dtype, shape and bytes; independent of the file format.
-
-    Hashes about 0.5-1 GB/s on one core, i.e. well under a second for MiniLM-size teachers.
-    """
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        # a uint8 view gives the raw bytes of any dtype (numpy has no bfloat16)
-        digest.update(t.cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def fingerprint_parts(*parts: object) -> str:
-    """SHA-256 (hex) of ``repr`` of each part, unambiguously separated.
-
-    Examples
-    --------
-    >>> fingerprint_parts("cross-encoder", 256) == fingerprint_parts("cross-encoder", 256)
-    True
-    >>> fingerprint_parts("a", "bc") == fingerprint_parts("ab", "c")
-    False
-    """
-    digest = hashlib.sha256()
-    for part in parts:
-        text = repr(part).encode()
-        digest.update(len(text).to_bytes(8, "little") + text)
-    return digest.hexdigest()
