@@ -33,8 +33,8 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], prefix: str, max_length
     dict[str, torch.Tensor]
         Tokenizer output (``input_ids[N, L]``, ``attention_mask[N, L]``, ...) as a plain dict.
     """
-    texts = [prefix + t for t in texts] if prefix else list(texts)
-    return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+    return dict(tokenizer(_prefixed(texts, prefix), padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt"))
 
 
 def length_sorted_batches(tokenizer: Any, texts: Sequence[str], prefix: str, max_length: int,
@@ -46,14 +46,8 @@ def length_sorted_batches(tokenizer: Any, texts: Sequence[str], prefix: str, max
 
     Parameters
     ----------
-    tokenizer
-        An HF tokenizer.
-    texts
-        ``N`` texts.
-    prefix
-        Prepended to every text (``""`` = none).
-    max_length
-        Truncation length in tokens.
+    tokenizer, texts, prefix, max_length
+        As in :func:`tokenize_texts`.
     batch_size
         Texts per batch.
 
@@ -63,9 +57,14 @@ def length_sorted_batches(tokenizer: Any, texts: Sequence[str], prefix: str, max
         ``(idx, batch)``: the positions in ``texts`` of the batch's rows (int ``[b]``) and the padded
         tokenizer output for them (``input_ids[b, L]``, ``attention_mask[b, L]``, ...).
     """
-    enc = tokenizer([prefix + t for t in texts], truncation=True, max_length=max_length)
+    enc = tokenizer(_prefixed(texts, prefix), truncation=True, max_length=max_length)
     order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")
     for start in range(0, len(texts), batch_size):
         idx = order[start:start + batch_size]
         features = [{k: enc[k][i] for k in enc.keys()} for i in idx]
         yield idx, dict(tokenizer.pad(features, return_tensors="pt"))
+
+
+def _prefixed(texts: Sequence[str], prefix: str) -> list[str]:
+    """``texts`` as a list, each with ``prefix`` in front (``""`` = unchanged)."""
+    return [prefix + t for t in texts] if prefix else list(texts)

@@ -7,9 +7,12 @@ Shapes: ``B`` instances (queries), ``C`` candidates per instance.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from densekd.losses.batch import ScoreBatch
 
 
 def weighted_mean(values: Tensor, weights: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
@@ -85,15 +88,27 @@ def soft_cross_entropy_terms(
     fp16/bf16 autocast logits do not lose the tail of the softmax.
     """
     log_q = masked_log_softmax(student.float() / student_temperature, mask)
-    teacher = teacher.detach() if detach_teacher else teacher
-    log_p = masked_log_softmax(teacher.float() / teacher_temperature, mask)
+    p, log_p = teacher_distribution(teacher, mask, teacher_temperature, detach_teacher)
+    if mask is not None:
+        log_q = log_q.masked_fill(~mask.expand_as(log_q), 0.0)
+    return p, log_p, log_q
+
+
+def teacher_distribution(teacher: Tensor, mask: Tensor | None, temperature: float,
+                         detach: bool = True) -> tuple[Tensor, Tensor]:
+    """Target ``(p, log_p)``, both ``[B, C]``: ``softmax(teacher / temperature)`` over real candidates.
+
+    Padded entries are exactly 0 in both (see :func:`soft_cross_entropy_terms`); float32 math; the
+    teacher is detached unless ``detach=False``.
+    """
+    teacher = teacher.detach() if detach else teacher
+    log_p = masked_log_softmax(teacher.float() / temperature, mask)
     p = log_p.exp()
     if mask is not None:
-        mask = mask.expand_as(log_q)
+        mask = mask.expand_as(log_p)
         p = p.masked_fill(~mask, 0.0)  # all-padded rows came back uniform, not 0
         log_p = log_p.masked_fill(~mask, 0.0)
-        log_q = log_q.masked_fill(~mask, 0.0)
-    return p, log_p, log_q
+    return p, log_p
 
 
 def check_pair_shape(student: Tensor, teacher: Tensor, loss_name: str) -> None:
@@ -165,9 +180,48 @@ def teacher_ordered_pair_mean(
     if mask is not None:
         pairs = pairs & mask[:, :, None] & mask[:, None, :]
     per_pair = pair_loss(s[:, :, None] - s[:, None, :])
-    count = pairs.sum(dim=(1, 2))
-    per_row = (per_pair * pairs).sum(dim=(1, 2)) / count.clamp_min(1)
+    return masked_row_mean(per_pair, pairs, weights, dims=(1, 2))
+
+
+def masked_row_mean(values: Tensor, real: Tensor | None, weights: Tensor | None,
+                    dims: int | tuple[int, ...] = -1) -> Tensor:
+    """Mean of ``values`` over each row's real entries, then :func:`weighted_mean` over rows.
+
+    Parameters
+    ----------
+    values
+        ``[B, ...]`` per-entry losses (finite everywhere: padded entries are zeroed, not skipped).
+    real
+        Bool of the same shape, ``False`` = not part of the row's mean, or ``None`` = every entry. Rows
+        without a real entry are dropped (zero weight).
+    weights
+        ``[B]`` non-negative instance weights or ``None``.
+    dims
+        The per-row dims of ``values`` to average over.
+
+    Examples
+    --------
+    >>> masked_row_mean(torch.tensor([[1.0, 3.0], [5.0, 7.0]]), torch.tensor([[True, True], [True, False]]),
+    ...                 None).item()
+    3.5
+    """
+    if real is None:
+        return weighted_mean(values.mean(dim=dims), weights)
+    count = real.sum(dim=dims)
+    per_row = (values * real).sum(dim=dims) / count.clamp_min(1)
     return weighted_mean(per_row, weights, count > 0)
+
+
+def teacher_group_loss(scores: ScoreBatch, loss_fn: Callable[..., Tensor], loss_name: str,
+                       **settings: Any) -> Tensor:
+    """``loss_fn(student, teacher, mask=, weights=, **settings)`` over the batch's own ``[B, G]`` groups.
+
+    The ``forward`` of every loss that distils a teacher over the query's candidate group: checks
+    that ``scores.teacher`` exists and matches the student (:func:`check_teacher`, naming
+    ``loss_name``), then applies the pure loss function with the batch's mask and weights.
+    """
+    teacher = check_teacher(scores.teacher, scores.student, loss_name)
+    return loss_fn(scores.student, teacher, mask=scores.mask, weights=scores.weights, **settings)
 
 
 def check_teacher(teacher: Tensor | None, student: Tensor, loss_name: str) -> Tensor:

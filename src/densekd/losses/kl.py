@@ -23,6 +23,8 @@ from densekd.losses._common import (
     check_temperature,
     masked_log_softmax,
     soft_cross_entropy_terms,
+    teacher_distribution,
+    teacher_group_loss,
     weighted_mean,
 )
 from densekd.losses.batch import ScoreBatch
@@ -136,11 +138,9 @@ def kl_in_batch_loss(
     """
     log_q_all = masked_log_softmax(in_batch.float() / student_temperature, in_batch_mask)
     log_q = log_q_all.gather(1, own_columns)
-    log_p = masked_log_softmax(teacher.detach().float() / teacher_temperature, mask)
-    p = log_p.exp()
+    p, log_p = teacher_distribution(teacher, mask, teacher_temperature)
     if mask is not None:
-        p = p.masked_fill(~mask, 0.0)
-        log_p, log_q = log_p.masked_fill(~mask, 0.0), log_q.masked_fill(~mask, 0.0)
+        log_q = log_q.masked_fill(~mask, 0.0)
     return _batchmean_kl(p, log_p, log_q, mask, weights, student_temperature**2 if scale_by_t2 else 1.0)
 
 
@@ -172,25 +172,16 @@ class KLDistillation(nn.Module):
 
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Return ``{"kl": scalar}``."""
-        teacher = check_teacher(scores.teacher, scores.student, "KLDistillation")
+        settings = {"student_temperature": self.student_temperature,
+                    "teacher_temperature": self.teacher_temperature, "scale_by_t2": self.scale_by_t2}
         if self.use_in_batch and scores.in_batch is not None:
+            teacher = check_teacher(scores.teacher, scores.student, "KLDistillation")
             offsets = torch.arange(scores.group_size, device=teacher.device)
             own = scores.positive_columns()[:, None] + offsets[None, :]
-            loss = kl_in_batch_loss(
-                scores.in_batch, teacher, own, student_temperature=self.student_temperature,
-                teacher_temperature=self.teacher_temperature, scale_by_t2=self.scale_by_t2, mask=scores.mask,
-                in_batch_mask=scores.in_batch_mask, weights=scores.weights)
+            loss = kl_in_batch_loss(scores.in_batch, teacher, own, mask=scores.mask,
+                                    in_batch_mask=scores.in_batch_mask, weights=scores.weights, **settings)
             return {"kl": loss}
-        loss = kl_distillation_loss(
-            scores.student,
-            teacher,
-            student_temperature=self.student_temperature,
-            teacher_temperature=self.teacher_temperature,
-            scale_by_t2=self.scale_by_t2,
-            mask=scores.mask,
-            weights=scores.weights,
-        )
-        return {"kl": loss}
+        return {"kl": teacher_group_loss(scores, kl_distillation_loss, "KLDistillation", **settings)}
 
     def extra_repr(self) -> str:
         return (

@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from densekd.losses._common import (
     check_pair_shape,
-    check_teacher,
     check_temperature,
     soft_cross_entropy_terms,
+    teacher_group_loss,
     teacher_ordered_pair_mean,
     weighted_mean,
 )
@@ -121,15 +121,8 @@ class ListNet(nn.Module):
 
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Return ``{"listnet": scalar}``."""
-        teacher = check_teacher(scores.teacher, scores.student, "ListNet")
-        loss = listnet_loss(
-            scores.student,
-            teacher,
-            student_temperature=self.student_temperature,
-            teacher_temperature=self.teacher_temperature,
-            mask=scores.mask,
-            weights=scores.weights,
-        )
+        loss = teacher_group_loss(scores, listnet_loss, "ListNet", student_temperature=self.student_temperature,
+                                  teacher_temperature=self.teacher_temperature)
         return {"listnet": loss}
 
     def extra_repr(self) -> str:
@@ -154,11 +147,7 @@ class RankNet(nn.Module):
 
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Return ``{"ranknet": scalar}``."""
-        teacher = check_teacher(scores.teacher, scores.student, "RankNet")
-        loss = ranknet_loss(
-            scores.student, teacher, sigma=self.sigma, mask=scores.mask, weights=scores.weights
-        )
-        return {"ranknet": loss}
+        return {"ranknet": teacher_group_loss(scores, ranknet_loss, "RankNet", sigma=self.sigma)}
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"

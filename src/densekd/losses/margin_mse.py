@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from densekd.losses._common import check_pair_shape, check_teacher, float_scores, weighted_mean
+from densekd.losses._common import check_pair_shape, float_scores, masked_row_mean, teacher_group_loss
 from densekd.losses.batch import ScoreBatch
 
 
@@ -54,12 +54,7 @@ def margin_mse_loss(
     # padded slots may hold anything (even -inf); they are overwritten so no inf/NaN reaches the gradient
     s, t = float_scores(student, teacher, mask)
     sq = ((s[:, :1] - s[:, 1:]) - (t[:, :1] - t[:, 1:])) ** 2  # [B, G-1]
-    if mask is None:
-        return weighted_mean(sq.mean(dim=-1), weights)
-    real = mask[:, 1:] & mask[:, :1]
-    count = real.sum(dim=-1)
-    per_row = (sq * real).sum(dim=-1) / count.clamp_min(1)
-    return weighted_mean(per_row, weights, count > 0)
+    return masked_row_mean(sq, None if mask is None else mask[:, 1:] & mask[:, :1], weights)
 
 
 class MarginMSE(nn.Module):
@@ -70,6 +65,4 @@ class MarginMSE(nn.Module):
 
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Return ``{"margin_mse": scalar}``."""
-        teacher = check_teacher(scores.teacher, scores.student, "MarginMSE")
-        loss = margin_mse_loss(scores.student, teacher, mask=scores.mask, weights=scores.weights)
-        return {"margin_mse": loss}
+        return {"margin_mse": teacher_group_loss(scores, margin_mse_loss, "MarginMSE")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from densekd.losses._common import check_pair_shape, check_teacher, teacher_ordered_pair_mean
+from densekd.losses._common import check_pair_shape, teacher_group_loss, teacher_ordered_pair_mean
 from densekd.losses.batch import ScoreBatch
 
 
@@ -74,11 +74,7 @@ class MarginRanking(nn.Module):
 
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Return ``{"margin_ranking": scalar}``."""
-        teacher = check_teacher(scores.teacher, scores.student, "MarginRanking")
-        loss = margin_ranking_loss(
-            scores.student, teacher, margin=self.margin, mask=scores.mask, weights=scores.weights
-        )
-        return {"margin_ranking": loss}
+        return {"margin_ranking": teacher_group_loss(scores, margin_ranking_loss, "MarginRanking", margin=self.margin)}
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}"

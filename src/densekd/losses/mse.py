@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from densekd.losses._common import check_pair_shape, check_teacher, float_scores, weighted_mean
+from densekd.losses._common import check_pair_shape, float_scores, masked_row_mean, teacher_group_loss
 from densekd.losses.batch import ScoreBatch
 
 
@@ -41,11 +41,7 @@ def score_mse_loss(
     """
     check_pair_shape(student, teacher, "ScoreMSE")
     s, t = float_scores(student, teacher, mask)  # no inf from padded slots
-    if mask is None:
-        return weighted_mean(((s - t) ** 2).mean(dim=-1), weights)
-    count = mask.sum(dim=-1)
-    per_row = ((s - t) ** 2).sum(dim=-1) / count.clamp_min(1)
-    return weighted_mean(per_row, weights, count > 0)
+    return masked_row_mean((s - t) ** 2, mask, weights)
 
 
 class ScoreMSE(nn.Module):
@@ -53,5 +49,4 @@ class ScoreMSE(nn.Module):
 
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Return ``{"mse": scalar}``."""
-        teacher = check_teacher(scores.teacher, scores.student, "ScoreMSE")
-        return {"mse": score_mse_loss(scores.student, teacher, mask=scores.mask, weights=scores.weights)}
+        return {"mse": teacher_group_loss(scores, score_mse_loss, "ScoreMSE")}
