@@ -136,7 +136,7 @@ def build_loss(spec: Mapping[str, Mapping[str, Any] | None]) -> WeightedSum:
     WeightedSum(
       weights={'kl': 1.0, 'contrastive': 0.1}
       (losses): ModuleDict(
-        (kl): KLDistillation(student_temperature=2.0, teacher_temperature=1.0, scale_by_t2=True)
+        (kl): KLDistillation(student_temperature=2.0, teacher_temperature=1.0, scale_by_t2=True, use_in_batch=False)
         (contrastive): InfoNCE(temperature=0.05, use_in_batch=True)
       )
     )
