@@ -17,9 +17,9 @@ import pytest
 
 from densekd.data.io import DataFormatError
 from densekd.data.types import Passage
-from densekd.index._storage import save_ids, save_npy
+from densekd.index._storage import publish_once, save_ids, save_npy
 from densekd.index.encode import EmbeddingStore, encode_corpus, finalize_encoding
-from densekd.index.shards import ShardSpec, publish_once, resolve_shards
+from densekd.index.shards import ShardSpec, resolve_shards
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 120

@@ -27,7 +27,7 @@ Data contract
   returns the same dict (the trainer goes through ``forward`` so that DDP sees the pass); without
   ``group_size`` it is ``DenseEncoder.forward``.
 * ``query_only`` training (the cheap mode): ``passage`` may instead be the
-  :class:`~densekd.index.token_states.CachedPassages` of a frozen passage tower
+  :class:`~densekd.encoders.cached_passages.CachedPassages` of a frozen passage tower
   (:class:`~densekd.index.token_states.PassageTokenStates`, computed once with the base encoder). The
   tower then runs on the queries only; the dense score is ``query vector . cached pooled vector`` and
   the ColBERT score is MaxSim against ``colbert_head(cached hidden states)``, so the ColBERT projection
@@ -57,6 +57,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from densekd.encoders.cached_passages import CachedPassages, PassageStateTable
 from densekd.encoders.dense import DenseEncoder, DenseEncoderConfig, resolve_model_path
 from densekd.encoders.late_interaction import (
     LI_HEAD_NAME,
@@ -68,7 +69,6 @@ from densekd.encoders.late_interaction import (
     save_late_interaction_files,
     token_mask,
 )
-from densekd.index.token_states import CachedPassages, PassageTokenStates
 from densekd.scores import InBatchScores, global_in_batch, group_scores, maxsim, maxsim_grouped
 
 DEFAULT_COLBERT_DIM = 128
@@ -174,14 +174,18 @@ class ErnieSearchModel(DenseEncoder):
         """
         super().untie()
 
-    def check_passage_cache(self, table: Any) -> PassageTokenStates:
-        """The ``query_only`` passage table as :class:`PassageTokenStates`, checked against this model."""
-        states = PassageTokenStates.coerce(table)
+    def check_passage_cache(self, table: Any) -> PassageStateTable:
+        """The ``query_only`` passage table (a :class:`~densekd.index.token_states.PassageTokenStates`
+        or anything with its ``hidden_size``, ``dim`` and ``lookup``), checked against this model."""
+        if not isinstance(table, PassageStateTable):
+            # a folder is opened by the index layer (PassageTokenStates.load), which this layer must not import
+            raise TypeError(f"cannot use {type(table).__name__} as passage token states: pass a PassageTokenStates "
+                            "(densekd.index.token_states.encode_token_states, or PassageTokenStates.load(folder))")
         hidden = self.query_model.config.hidden_size
-        if states.hidden_size != hidden or states.dim != self.dim:
-            raise ValueError(f"token states have hidden size {states.hidden_size} / vector dim {states.dim}; "
+        if table.hidden_size != hidden or table.dim != self.dim:
+            raise ValueError(f"token states have hidden size {table.hidden_size} / vector dim {table.dim}; "
                              f"this model has {hidden} / {self.dim}")
-        return states
+        return table
 
     # ----------------------------------------------------------------------------- heads
     def embed(self, batch: dict[str, Tensor], passage: bool) -> ErnieEmbeddings:

@@ -4,9 +4,10 @@ Contracts
 ---------
 * An id map is a 1-D numpy unicode array (dtype ``<U*``) saved with :func:`numpy.save`; it is read
   with ``allow_pickle=False``, so an object array (which would need pickle) is rejected as bad input.
-* Resumable encoders (:mod:`~densekd.index.encode`, :mod:`~densekd.index.late_interaction`) keep
-  their cache key in a state file while encoding and in the manifest, written last, once complete
-  (:func:`same_key`, :func:`finish_store`).
+* Resumable encoders keep their cache key in a state file while encoding and in the manifest,
+  written last, once complete (:func:`same_key`; the shared logic is :mod:`~densekd.index.chunks`).
+  :func:`publish_once` writes such a manifest in one atomic step that exactly one of several
+  simultaneous finishers wins.
 * :func:`atomic_dir` builds a whole folder under a temporary name beside the target and renames it
   into place only when every file is written, so a reader never sees half an index, and a failed
   rebuild leaves the old folder untouched. The swap is serialised by a lock on the parent folder
@@ -174,7 +175,28 @@ def same_key(meta: dict[str, Any], key: dict[str, Any], fields: Sequence[str]) -
     return all(meta.get(f) == key[f] for f in fields)
 
 
-def finish_store(out: Path, manifest: str, state: str, meta: dict[str, Any]) -> None:
-    """Mark an encoded store in ``out`` complete: write ``meta`` to ``manifest``, then drop ``state``."""
-    write_json(out / manifest, meta)
-    (out / state).unlink(missing_ok=True)
+def publish_once(path: Path, meta: dict[str, Any]) -> bool:
+    """Create ``path`` holding ``meta`` (as :func:`~densekd.data.io.write_json` writes it) unless an
+    equal file is already there.
+
+    Returns ``True`` when this call created (or corrected) the file. The file appears in one atomic
+    step (a hard link, which fails when the target exists), so of several shards finishing at once
+    exactly one gets ``True`` and is the one to go on (build the index, print the summary).
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write_json(tmp, meta)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            if path.read_bytes() == tmp.read_bytes():
+                return False
+        except OSError:
+            pass  # a file system without hard links: a plain atomic replace (then two may both win)
+        os.replace(tmp, path)  # the file there differs (stale): ours was just verified, it wins
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)

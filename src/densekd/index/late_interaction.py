@@ -15,7 +15,8 @@ On-disk token store (folder ``out_dir``)
 * ``tokens_00000.npy``: ``float16`` (or ``float32``) ``[T_i, D]`` kept tokens of chunk ``i``'s passages,
   stacked in corpus order; ``offsets_00000.npy``: ``int64[n_i + 1]``, passage ``j`` of the chunk owns
   rows ``offsets[j]:offsets[j + 1]``; ``ids_00000.npy``: its passage ids (unicode, never pickled).
-  Each file is written atomically, ids last: a chunk counts once its ids exist.
+  Each file is written atomically, ids last: a chunk counts once its ids exist (resumed by the
+  shared :class:`~densekd.index.chunks.ChunkWriter`, as every corpus store).
 * ``token_state.json`` while encoding (the cache key, for resuming after a crash) and ``manifest.json``
   written **last**: key + ``dim``, ``dtype`` and ``chunks`` (``[{"tokens", "offsets", "ids", "n"}]``).
   The key is ``format``, ``fingerprint`` (caller's model description), ``corpus_digest``, ``n``,
@@ -36,10 +37,8 @@ from tqdm.auto import tqdm
 
 from densekd.data.io import DataFormatError, require_file, write_json
 from densekd.data.types import Corpus, Passage, Queries, Query, Run
-from densekd.index._storage import (
-    atomic_dir, finish_store, load_ids, read_json_file, require_keys, same_key, save_ids, save_npy,
-)
-from densekd.index.encode import corpus_digest
+from densekd.index._storage import atomic_dir, load_ids, read_json_file, require_keys
+from densekd.index.chunks import ChunkWriter, corpus_digest
 from densekd.scores import maxsim_ragged, stack_ragged
 
 __all__ = ["TokenEmbeddingStore", "TokenFaissIndex", "encode_corpus_tokens", "late_interaction_search"]
@@ -50,8 +49,6 @@ KEY_FIELDS = ("format", "fingerprint", "corpus_digest", "n", "chunk_size", "dtyp
 DTYPES = ("float16", "float32")
 
 
-def _names(i: int) -> dict[str, str]:
-    return {"tokens": f"tokens_{i:05d}.npy", "offsets": f"offsets_{i:05d}.npy", "ids": f"ids_{i:05d}.npy"}
 
 
 def encode_corpus_tokens(encoder: Any, corpus: Corpus | Sequence[Passage], out_dir: str | os.PathLike,
@@ -82,38 +79,38 @@ def encode_corpus_tokens(encoder: Any, corpus: Corpus | Sequence[Passage], out_d
     out = Path(out_dir)
     key = {"format": FORMAT, "fingerprint": fingerprint, "corpus_digest": corpus_digest(passages),
            "n": len(passages), "chunk_size": chunk_size, "dtype": dtype}
-    if (out / MANIFEST).is_file() and same_key(read_json_file(out / MANIFEST), key, KEY_FIELDS):
+    writer = ChunkWriter(out, key, KEY_FIELDS, ("tokens", "offsets"), state=STATE, manifest=MANIFEST)
+    if writer.complete():
         return TokenEmbeddingStore.load(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if not ((out / STATE).is_file() and same_key(read_json_file(out / STATE), key, KEY_FIELDS)):
-        # another key: nothing here may be reused, and no stale manifest may outlive its chunks
-        (out / MANIFEST).unlink(missing_ok=True)
-        for stale in out.glob("*_[0-9][0-9][0-9][0-9][0-9].npy"):
-            stale.unlink()
-        write_json(out / STATE, key)
+    writer.prepare()
     chunks, dim = [], None
     bar = tqdm(total=len(passages), desc="encode corpus tokens", unit="psg", disable=not show_progress)
     for i, start in enumerate(range(0, len(passages), chunk_size)):
-        part, names = passages[start:start + chunk_size], _names(i)
+        part = passages[start:start + chunk_size]
         ids = [p.id for p in part]
-        if not ((out / names["ids"]).is_file() and load_ids(out / names["ids"]) == ids):
+        done = writer.load(i, ids, lambda a, n=len(part): _valid_chunk(a["tokens"], a["offsets"], n, dtype))
+        if done is None:
             arrays = encoder.encode_passage_tokens([p.full_text() for p in part], batch_size=batch_size,
                                                    show_progress=False)
             if len(arrays) != len(part) or any(a.ndim != 2 or len(a) == 0 for a in arrays):
                 raise ValueError(f"chunk {i}: the encoder must return one non-empty [n_i, D] array per passage")
             tokens, offsets = stack_ragged(arrays)
-            save_npy(out / names["tokens"], tokens.astype(dtype))
-            save_npy(out / names["offsets"], offsets)
-            save_ids(out / names["ids"], ids)
-        width = np.load(out / names["tokens"], mmap_mode="r").shape[1]
+            writer.write(i, {"tokens": tokens.astype(dtype), "offsets": offsets}, ids)
+        width = np.load(out / writer.names(i)["tokens"], mmap_mode="r").shape[1]
         if dim is not None and width != dim:
             raise ValueError(f"chunk {i}: token width {width} differs from earlier chunks ({dim})")
         dim = width
-        chunks.append({**names, "n": len(part)})
+        chunks.append({**writer.names(i), "n": len(part)})  # "tokens", "offsets", "ids", "n"
         bar.update(len(part))
     bar.close()
-    finish_store(out, MANIFEST, STATE, {**key, "dim": dim, "chunks": chunks})
+    writer.finish({**key, "dim": dim, "chunks": chunks})
     return TokenEmbeddingStore.load(out)
+
+
+def _valid_chunk(tokens: np.ndarray, offsets: np.ndarray, n: int, dtype: str) -> bool:
+    """Whether a chunk left by an earlier run holds ``n`` passages' tokens in ``dtype``."""
+    return (tokens.dtype == np.dtype(dtype) and tokens.ndim == 2 and offsets.shape == (n + 1,)
+            and offsets[0] == 0 and offsets[-1] == tokens.shape[0])
 
 
 class TokenEmbeddingStore:

@@ -22,6 +22,16 @@ On disk (folder ``out_dir``, built under a temporary name and renamed into place
   ``dtype``, ``max_length``, ``prefix``) plus ``hidden_size``, ``dim`` and ``n_tokens``; a complete folder
   with the same key is loaded instead of re-encoded.
 
+Resuming
+--------
+The forward pass runs in chunks of whole length-sorted batches, written to a work folder beside
+``out_dir`` (``.<name>.parts``) by the shared :class:`~densekd.index.chunks.ChunkWriter`, so a
+killed run resumes after its last complete chunk (under the same key, batch size and chunk size).
+The chunks are then assembled into the files above, the folder is published in one step and the
+work folder is deleted; the batches are those of one uninterrupted pass, so the result does not
+depend on the chunking. Assembling briefly needs the disk space of the states twice. Two processes
+encoding the same folder at once is not supported (the first to finish deletes the work folder).
+
 SciFact (5,183 passages, max length 256, MiniLM ``H = 384``) is ~1.2M tokens, ~0.9 GB in float16.
 float16 costs ~1e-3 relative error per state; tests use float32 to compare with full mode exactly.
 """
@@ -29,9 +39,10 @@ float16 costs ~1e-3 relative error per state; tests use float32 to compare with 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -40,50 +51,28 @@ from tqdm.auto import tqdm
 
 from densekd.data.io import DataFormatError, write_json
 from densekd.data.types import Corpus, Passage
+from densekd.encoders.cached_passages import CachedPassages
 from densekd.encoders.tokenize import length_sorted_batches
-from densekd.index._storage import (
-    atomic_dir, load_ids, read_json_file, require_keys, same_key, save_ids, save_npy,
-)
-from densekd.index.encode import corpus_digest
+from densekd.index._storage import atomic_dir, load_ids, read_json_file, require_keys, same_key, save_ids, save_npy
+from densekd.index.chunks import ChunkWriter, corpus_digest
 from densekd.index.late_interaction import TokenEmbeddingStore
 
+# CachedPassages now lives in densekd.encoders.cached_passages (the model reads it); kept importable here
 __all__ = ["CachedPassages", "PassageTokenStates", "encode_token_states"]
 
 FORMAT = "densekd.token_states/1"
 MANIFEST = "manifest.json"
 KEY_FIELDS = ("format", "fingerprint", "corpus_digest", "n", "dtype", "max_length", "prefix")
 DTYPES = ("float16", "float32")
-
-
-class CachedPassages(NamedTuple):
-    """A padded batch of cached passages, in place of a tokenised passage batch.
-
-    Attributes
-    ----------
-    hidden
-        ``float[B, L, H]`` last-layer hidden states (zeros at padding).
-    input_ids
-        ``long[B, L]`` vocabulary ids (0 at padding).
-    attention_mask
-        ``long[B, L]``: 1 = real token.
-    vectors
-        ``float[B, D]`` pooled passage vectors.
-    """
-
-    hidden: Tensor
-    input_ids: Tensor
-    attention_mask: Tensor
-    vectors: Tensor
-
-    def batch(self) -> dict[str, Tensor]:
-        """The ``input_ids`` / ``attention_mask`` dict that :func:`token_mask` reads."""
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+STATE = "token_states_state.json"  # in the work folder, while chunks are encoded
+CHUNK_ARRAYS = ("hidden", "token_ids", "vectors")
+T = TypeVar("T")
 
 
 @torch.inference_mode()
 def encode_token_states(encoder: Any, corpus: Corpus | Sequence[Passage], out_dir: str | os.PathLike,
                         batch_size: int = 32, dtype: str = "float16", fingerprint: str = "",
-                        show_progress: bool = True) -> PassageTokenStates:
+                        show_progress: bool = True, chunk_size: int = 1024) -> PassageTokenStates:
     """Run ``encoder``'s passage tower over ``corpus`` once and store its token states (module docstring).
 
     Parameters
@@ -104,6 +93,9 @@ def encode_token_states(encoder: Any, corpus: Corpus | Sequence[Passage], out_di
         Describes the model; a different value re-encodes.
     show_progress
         Progress bar over passages.
+    chunk_size
+        Passages per resumable chunk, rounded up to whole batches: a killed run loses at most one
+        chunk of work. It does not change the result.
     """
     passages = list(corpus.values()) if isinstance(corpus, Mapping) else list(corpus)
     if not passages or dtype not in DTYPES or batch_size < 1:
@@ -118,51 +110,115 @@ def encode_token_states(encoder: Any, corpus: Corpus | Sequence[Passage], out_di
     texts = [p.full_text() for p in passages]
     lengths = np.array([len(ids) for ids in encoder.tokenizer([cfg.passage_prefix + t for t in texts], truncation=True,
                                                               max_length=cfg.passage_max_length)["input_ids"]])
-    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum(lengths)
-    tower, hidden_size = encoder.passage_model, encoder.passage_model.config.hidden_size
+    per_chunk = -(-max(chunk_size, 1) // batch_size)  # in batches
+    # Chunks are cut from the length-sorted batch sequence, so the batches (and hence every number) are
+    # those of one uninterrupted pass; chunks are reused only under the same batching.
+    work_key = {**key, "batch_size": batch_size, "chunk_size": per_chunk * batch_size}
+    writer = ChunkWriter(out.parent / f".{out.name}.parts", work_key, tuple(work_key), CHUNK_ARRAYS, state=STATE)
+    writer.prepare()
     was_training = encoder.training
     encoder.eval()
+    bar = tqdm(total=len(texts), desc="encode token states", unit="psg", disable=not show_progress)
+    batches = length_sorted_batches(encoder.tokenizer, texts, cfg.passage_prefix, cfg.passage_max_length, batch_size)
+    chunks = []  # corpus rows of each chunk, in batch order
+    for i, part in enumerate(_groups(batches, per_chunk)):
+        rows = np.concatenate([idx for idx, _ in part])
+        ids = [passages[r].id for r in rows]
+        if writer.load(i, ids, lambda a, r=rows: _valid_chunk(a, lengths[r], encoder, dtype)) is None:
+            writer.write(i, _encode_chunk(encoder, part, passages, lengths, dtype, bar), ids)
+        else:
+            bar.update(len(rows))
+        chunks.append(rows)
+    bar.close()
+    _assemble(writer, chunks, passages, lengths, out, dtype,
+              {**key, "hidden_size": encoder.passage_model.config.hidden_size, "dim": int(encoder.dim)})
+    shutil.rmtree(writer.out, ignore_errors=True)
+    encoder.train(was_training)
+    return PassageTokenStates.load(out)
+
+
+def _groups(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last may be shorter)."""
+    part: list[T] = []
+    for item in items:
+        part.append(item)
+        if len(part) == size:
+            yield part
+            part = []
+    if part:
+        yield part
+
+
+def _encode_chunk(encoder: Any, part: list[tuple[np.ndarray, dict[str, Tensor]]], passages: list[Passage],
+                  lengths: np.ndarray, dtype: str, bar: tqdm) -> dict[str, np.ndarray]:
+    """One chunk's arrays: real-token states ``hidden[T_c, H]``, ``token_ids[T_c]`` and pooled
+    ``vectors[n_c, D]``, passage after passage in batch order."""
+    tower = encoder.passage_model
     device = next(tower.parameters()).device
+    hidden, token_ids, vectors = [], [], []
+    for idx, batch in part:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        states = tower(**batch).last_hidden_state                                  # [b, L, H]
+        vectors.append(encoder.vectors_from_hidden(states, batch["attention_mask"]).float().cpu().numpy())
+        states, ids, mask = states.float().cpu().numpy(), batch["input_ids"].cpu().numpy(), \
+            batch["attention_mask"].cpu().numpy().astype(bool)
+        for row, i in enumerate(idx):
+            if mask[row].sum() != lengths[i]:
+                raise ValueError(f"passage {passages[i].id!r}: {mask[row].sum()} real tokens, "
+                                 f"expected {lengths[i]}")
+            hidden.append(states[row][mask[row]].astype(dtype))
+            token_ids.append(ids[row][mask[row]].astype(np.int32))
+        bar.update(len(idx))
+    return {"hidden": np.concatenate(hidden), "token_ids": np.concatenate(token_ids),
+            "vectors": np.concatenate(vectors)}
+
+
+def _valid_chunk(arrays: dict[str, np.ndarray], lengths: np.ndarray, encoder: Any, dtype: str) -> bool:
+    """Whether a chunk left by an earlier run has the shapes and types of passages with ``lengths``."""
+    hidden, token_ids, vectors = (arrays[name] for name in CHUNK_ARRAYS)
+    n_tokens, width = int(lengths.sum()), encoder.passage_model.config.hidden_size
+    return (hidden.shape == (n_tokens, width) and hidden.dtype == np.dtype(dtype)
+            and token_ids.shape == (n_tokens,) and token_ids.dtype == np.int32
+            and vectors.shape == (len(lengths), encoder.dim) and vectors.dtype == np.float32)
+
+
+def _assemble(writer: ChunkWriter, chunks: list[np.ndarray], passages: list[Passage], lengths: np.ndarray,
+              out: Path, dtype: str, manifest: dict[str, Any]) -> None:
+    """Write the final folder (module docstring) from the chunks, in corpus order, and publish it."""
+    offsets = np.zeros(len(passages) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(lengths)
     with atomic_dir(out) as tmp:
         # written in place through a memory map: the states never need to fit in RAM at once
         hidden = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=dtype,
-                                           shape=(int(offsets[-1]), hidden_size))
+                                           shape=(int(offsets[-1]), manifest["hidden_size"]))
         token_ids = np.zeros(int(offsets[-1]), dtype=np.int32)
-        vectors = np.zeros((len(texts), encoder.dim), dtype=np.float32)
-        bar = tqdm(total=len(texts), desc="encode token states", unit="psg", disable=not show_progress)
-        for idx, batch in length_sorted_batches(encoder.tokenizer, texts, cfg.passage_prefix,
-                                                cfg.passage_max_length, batch_size):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            states = tower(**batch).last_hidden_state                                  # [b, L, H]
-            vectors[idx] = encoder.vectors_from_hidden(states, batch["attention_mask"]).float().cpu().numpy()
-            states, ids, mask = states.float().cpu().numpy(), batch["input_ids"].cpu().numpy(), \
-                batch["attention_mask"].cpu().numpy().astype(bool)
-            for row, i in enumerate(idx):
-                if mask[row].sum() != lengths[i]:
-                    raise ValueError(f"passage {passages[i].id!r}: {mask[row].sum()} real tokens, "
-                                     f"expected {lengths[i]}")
-                hidden[offsets[i]:offsets[i + 1]] = states[row][mask[row]]
-                token_ids[offsets[i]:offsets[i + 1]] = ids[row][mask[row]]
-            bar.update(len(idx))
-        bar.close()
+        vectors = np.zeros((len(passages), manifest["dim"]), dtype=np.float32)
+        for i, rows in enumerate(chunks):
+            arrays = writer.load(i, [passages[r].id for r in rows])
+            if arrays is None:
+                raise DataFormatError(writer.out, f"chunk {i} vanished before the token states were assembled "
+                                                  "(another process finished the same folder?)")
+            start = 0
+            for r in rows:
+                end = start + int(lengths[r])
+                hidden[offsets[r]:offsets[r + 1]] = arrays["hidden"][start:end]
+                token_ids[offsets[r]:offsets[r + 1]] = arrays["token_ids"][start:end]
+                start = end
+            vectors[rows] = arrays["vectors"]
         hidden.flush()
         del hidden
         save_npy(tmp / "token_ids.npy", token_ids)
         save_npy(tmp / "offsets.npy", offsets)
         save_npy(tmp / "vectors.npy", vectors)
         save_ids(tmp / "ids.npy", [p.id for p in passages])
-        write_json(tmp / MANIFEST, {**key, "hidden_size": hidden_size, "dim": int(encoder.dim),
-                                    "n_tokens": int(offsets[-1])})
-    encoder.train(was_training)
-    return PassageTokenStates.load(out)
+        write_json(tmp / MANIFEST, {**manifest, "n_tokens": int(offsets[-1])})
 
 
 class PassageTokenStates:
     """Read access to :func:`encode_token_states` output: passage id -> token states and pooled vector.
 
     Usable wherever a frozen passage table is expected: :meth:`lookup` has the signature of
-    :meth:`densekd.training.trainer.PassageEmbeddingTable.lookup` (returning :class:`CachedPassages`),
+    :meth:`densekd.index.passage_table.PassageEmbeddingTable.lookup` (returning :class:`CachedPassages`),
     and ``ids`` / ``embeddings`` (the pooled vectors) make it a valid ``passage_embeddings`` for
     :class:`~densekd.training.callbacks.RetrievalEvalCallback`.
 

@@ -36,6 +36,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from densekd.data.types import Corpus, Qrels, Queries, Run
 from densekd.eval.metrics import check_metrics, evaluate
+from densekd.index.passage_table import PassageEmbeddingTable
 
 
 class EpochSetterCallback(TrainerCallback):
@@ -102,8 +103,6 @@ class RetrievalEvalCallback(TrainerCallback):
         self.pids = self._passage_ids()
         self._cached_passages: np.ndarray | None = None
         if passage_embeddings is not None:
-            from densekd.training.trainer import PassageEmbeddingTable
-
             table = PassageEmbeddingTable.coerce(passage_embeddings)
             self._cached_passages = np.asarray(table.embeddings[[table.row_of[pid] for pid in self.pids]])
         self._pending: dict[str, float] = {}
