@@ -44,8 +44,8 @@ def test_cross_encoder_fingerprint_is_pinned(tiny_bert_path, tmp_path):
 @pytest.mark.parametrize("scoring", sorted(FID_PINS))
 def test_reader_fingerprint_is_pinned(tiny_bert_path, scoring):
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_path)
-    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                attn_implementation="eager")
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+            "attn_implementation": "eager"}
     model = EncoderDecoderModel(
         encoder=BertModel(BertConfig(vocab_size=tokenizer.vocab_size, **tiny)),
         decoder=BertLMHeadModel(BertConfig(vocab_size=tokenizer.vocab_size, is_decoder=True,
