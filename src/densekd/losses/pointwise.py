@@ -22,11 +22,6 @@ def pointwise_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
     mask
         Optional ``bool[B, G]``; False entries (repeated ids) get no weight.
 
-    Returns
-    -------
-    Tensor
-        Scalar loss.
-
     Examples
     --------
     >>> round(float(pointwise_loss(torch.tensor([[0.0, 0.0]]))), 4)       # log 2
