@@ -369,18 +369,19 @@ def ce_throughput(scorer: Any, pairs: list[tuple[str, str]], batch_size: int, ch
     import torch
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
+    encoder = scorer.encoder  # the CrossEncoderTeacher's cross-encoder
     with tempfile.TemporaryDirectory() as tmp:
-        scorer.save_pretrained(tmp)
-        st = STCrossEncoder(tmp, num_labels=1, max_length=scorer.max_length, activation_fn=torch.nn.Identity(),
+        encoder.save_pretrained(tmp)
+        st = STCrossEncoder(tmp, num_labels=1, max_length=encoder.max_length, activation_fn=torch.nn.Identity(),
                             device="cpu")
         warm = pairs[:batch_size]
-        scorer.predict(warm, batch_size=batch_size, show_progress=False)
+        encoder.predict(warm, batch_size=batch_size, show_progress=False)
         st.predict(warm, batch_size=batch_size, show_progress_bar=False)
         dk_parts, st_parts, dk_s, st_s = [], [], 0.0, 0.0
         for start in range(0, len(pairs), chunk):
             part = pairs[start:start + chunk]
             t0 = time.perf_counter()
-            dk_parts.append(scorer.predict(part, batch_size=batch_size, show_progress=False))
+            dk_parts.append(encoder.predict(part, batch_size=batch_size, show_progress=False))
             t1 = time.perf_counter()
             st_parts.append(np.asarray(st.predict(part, batch_size=batch_size, show_progress_bar=False,
                                                   convert_to_numpy=True), dtype=np.float32))
@@ -388,7 +389,7 @@ def ce_throughput(scorer: Any, pairs: list[tuple[str, str]], batch_size: int, ch
             dk_s, st_s = dk_s + (t1 - t0), st_s + (t2 - t1)
     diff = float(np.abs(np.concatenate(dk_parts) - np.concatenate(st_parts)).max())
     n = len(pairs)
-    return {"pairs": n, "batch_size": batch_size, "chunk": chunk, "max_length": scorer.max_length,
+    return {"pairs": n, "batch_size": batch_size, "chunk": chunk, "max_length": encoder.max_length,
             "densekd_seconds": dk_s, "st_seconds": st_s, "densekd_pairs_per_s": n / dk_s,
             "st_pairs_per_s": n / st_s, "max_abs_logit_diff": diff, "ratio": (n / dk_s) / (n / st_s)}
 

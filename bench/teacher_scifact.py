@@ -164,7 +164,7 @@ def main() -> None:
 def cross_encoder_rows(ctx: Any, groups: list, mined_key: str, eval_run: dict, first: list, cands: dict,
                        signals: dict) -> dict[str, dict]:
     """The config's cross-encoder (trained on the training groups) re-ranking the same candidates."""
-    from densekd.teachers.cross_encoder import rerank
+    from densekd.teachers.rerank import rerank
 
     start = time.perf_counter()
     scorer = steps.teacher(ctx, groups, mined_key)

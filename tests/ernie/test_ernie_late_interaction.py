@@ -15,6 +15,8 @@ from densekd.index.late_interaction import (
     late_interaction_search,
 )
 from densekd.scores import maxsim
+from densekd.teachers.late_interaction import LateInteractionTeacher
+from densekd.teachers.rerank import rerank
 
 
 def exhaustive(encoder: LateInteractionEncoder, data) -> dict[str, dict[str, float]]:
@@ -40,13 +42,13 @@ def assert_same_scores(run: dict, ref: dict, atol: float) -> None:
 def test_ernie_rerank_equals_exhaustive_maxsim(colbert, ernie_toy):
     ref = exhaustive(colbert, ernie_toy)
     first_stage = {qid: {pid: float(i) for i, pid in enumerate(reversed(list(ernie_toy.corpus)))} for qid in ref}
-    run = colbert.rerank(first_stage, ernie_toy.queries, ernie_toy.corpus, k=8)
+    run = rerank(LateInteractionTeacher(colbert), first_stage, ernie_toy.queries, ernie_toy.corpus, k=8)
     assert_same_scores(run, ref, atol=1e-5)
     assert {qid: list(docs) for qid, docs in run.items()} == {qid: ranked(ref[qid]) for qid in ref}
-    top3 = colbert.rerank(first_stage, ernie_toy.queries, ernie_toy.corpus, k=3)
+    top3 = rerank(LateInteractionTeacher(colbert), first_stage, ernie_toy.queries, ernie_toy.corpus, k=3)
     assert all(len(docs) == 3 for docs in top3.values())
     with pytest.raises(DataFormatError):
-        colbert.rerank({"q1": {"nope": 1.0}}, ernie_toy.queries, ernie_toy.corpus)
+        rerank(LateInteractionTeacher(colbert), {"q1": {"nope": 1.0}}, ernie_toy.queries, ernie_toy.corpus)
 
 
 def test_ernie_token_store_exhaustive_faiss_and_candidate_search_agree(colbert, ernie_toy, tmp_path):
@@ -134,3 +136,24 @@ def test_ernie_late_interaction_encoder_save_load(colbert, ernie_toy, tmp_path):
     np.testing.assert_array_equal(loaded.score(queries, passages), colbert.score(queries, passages))
     with pytest.raises(ValueError, match="cannot override dim"):
         LateInteractionEncoder.from_pretrained(tmp_path / "cb", dim=8)
+
+
+def test_colbert_teacher_annotates_groups_and_has_a_fingerprint(colbert, ernie_toy, ernie_groups, tmp_path):
+    from densekd.teachers import Teacher
+    from densekd.teachers.annotate import annotate, load_annotations
+
+    teacher = LateInteractionTeacher(colbert)
+    assert isinstance(teacher, Teacher)
+    scored = annotate(ernie_groups, ernie_toy.queries, ernie_toy.corpus, teacher, tmp_path / "s.jsonl",
+                      batch_size=4, flush_every=2, show_progress=False)
+    for group in scored:
+        pids = group.pos_ids + group.neg_ids
+        expected = colbert.score([ernie_toy.queries[group.qid].text] * len(pids),
+                                 [ernie_toy.corpus[p].full_text() for p in pids])
+        np.testing.assert_allclose([group.teacher_scores[p] for p in pids], expected, atol=1e-5)
+    fingerprint = teacher.fingerprint
+    assert load_annotations(tmp_path / "s.jsonl")[0]["teacher"] == fingerprint
+    assert LateInteractionTeacher(colbert).fingerprint == fingerprint     # stable for the same weights
+    with torch.no_grad():
+        colbert.head.linear.weight.mul_(2.0)                              # in place: the cache must notice
+    assert teacher.fingerprint != fingerprint

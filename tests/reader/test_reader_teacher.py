@@ -111,3 +111,19 @@ def test_reader_teacher_fingerprint_tracks_weights_and_scoring(tiny_reader):
     assert teacher.fingerprint != before      # computed from the current weights, never stale
     with pytest.raises(ValueError, match="presets"):
         FiDTeacher(tiny_reader, "nope")
+
+
+def test_reader_teacher_scores_candidate_lists_as_score_passages_does(tiny_reader):
+    from densekd.data.types import Passage
+    from densekd.teachers import CandidateList, Teacher
+
+    teacher = FiDTeacher(tiny_reader, "attention-all")
+    assert isinstance(teacher, Teacher)
+    passages = [Passage("a", "The Denver Broncos won Super Bowl 50.", title="Denver Broncos"),
+                Passage("b", "Coffee is a drink.")]
+    lists = [CandidateList(QUESTION, passages, "Denver Broncos"), CandidateList(QUESTION, passages[::-1], None),
+             CandidateList(QUESTION, [])]
+    scored = teacher.score_candidates(lists)
+    np.testing.assert_array_equal(scored[0], teacher.score_passages(QUESTION, passages, "Denver Broncos"))
+    np.testing.assert_array_equal(scored[1], teacher.score_passages(QUESTION, passages[::-1], None))
+    assert scored[2].shape == (0,)

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from densekd.data.io import DataFormatError
 from densekd.data.types import Passage, Query
 from densekd.encoders.cross_encoder import CONFIG_NAME, CrossEncoder
+from densekd.losses.contrastive import listwise_loss
+from densekd.losses.pointwise import pointwise_loss
 from densekd.teachers import CrossEncoderTeacher, Teacher, fingerprint_file, rerank
-from densekd.training.teacher_trainer import listwise_loss, pointwise_loss
 
 LONG = "Aspirin is a salicylate drug used to reduce pain, fever and inflammation in adults. " * 6
 PAIRS = [
@@ -96,17 +97,17 @@ def test_fingerprint_tracks_weights_and_settings(tiny_bert_path, tmp_path):
     assert isinstance(teacher, Teacher)
     fp = teacher.fingerprint
     assert len(fp) == 64
-    np.testing.assert_array_equal(teacher.score(PAIRS), teacher.predict(PAIRS, show_progress=False))
+    np.testing.assert_array_equal(teacher.score(PAIRS), teacher.encoder.predict(PAIRS, show_progress=False))
     assert teacher.fingerprint == fp                               # unchanged by scoring (tokenizer state)
-    teacher.save_pretrained(tmp_path / "a")
+    teacher.encoder.save_pretrained(tmp_path / "a")
     assert CrossEncoderTeacher.from_pretrained(tmp_path / "a").fingerprint == fp   # stable across loads
     with torch.no_grad():
-        teacher.model.classifier.bias.add_(1e-3)                   # in place: the cache must notice
+        teacher.encoder.model.classifier.bias.add_(1e-3)                   # in place: the cache must notice
     changed = teacher.fingerprint
     assert changed != fp
-    teacher.save_pretrained(tmp_path / "b")
+    teacher.encoder.save_pretrained(tmp_path / "b")
     assert fingerprint_file(tmp_path / "a" / "model.safetensors") != fingerprint_file(tmp_path / "b" / "model.safetensors")
-    teacher.max_length = 16
+    teacher.encoder.max_length = 16
     assert teacher.fingerprint not in (fp, changed)
 
 

@@ -11,7 +11,10 @@ Data contract
   in ``[-Lq, Lq]`` (:func:`densekd.scores.maxsim` on padded tensors, :func:`densekd.scores.maxsim_ragged`
   on the ragged numpy arrays of inference).
 * ``encode_query_tokens(texts) / encode_passage_tokens(texts)``: inference, a list (input order) of
-  ``np.float32[n_i, D]`` arrays holding only the real tokens of each text.
+  ``np.float32[n_i, D]`` arrays holding only the real tokens of each text; ``score(queries, passages)``
+  the MaxSim of aligned pairs. As a teacher (candidate lists, a fingerprint, :func:`rerank
+  <densekd.teachers.rerank.rerank>`) it is wrapped by
+  :class:`~densekd.teachers.late_interaction.LateInteractionTeacher`.
 
 On disk (``save_pretrained``)
 -----------------------------
@@ -41,10 +44,10 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from densekd.data.io import DataFormatError, atomic_path, atomic_write
-from densekd.data.types import Corpus, Passage, Queries, Run, top_k
+from densekd.data.types import Passage
 from densekd.encoders.dense import _load_tower, resolve_model_path
 from densekd.encoders.tokenize import length_sorted_batches, tokenize_texts
-from densekd.scores import maxsim_ragged, stack_ragged
+from densekd.scores import maxsim_ragged
 
 LI_CONFIG_NAME = "densekd_late_interaction.json"
 LI_HEAD_NAME = "late_interaction_head.safetensors"
@@ -255,31 +258,6 @@ class LateInteractionEncoder(nn.Module):
         p_emb = dict(zip(up, self.encode_passage_tokens(up, batch_size)))
         return np.array([maxsim_ragged(q_emb[q], p_emb[p], np.array([0, len(p_emb[p])]))[0]
                          for q, p in zip(query_texts, passage_texts)], dtype=np.float32)
-
-    def rerank(self, run: Run, queries: Queries, corpus: Corpus, k: int = 100, batch_size: int = 32,
-               show_progress: bool = False) -> Run:
-        """Re-score the top ``k`` documents of each query of ``run`` by exact MaxSim.
-
-        Returns ``qid -> {pid: MaxSim}`` in decreasing score order (ties by pid); documents below rank
-        ``k`` are dropped. Every candidate passage is encoded once, however many queries share it.
-        """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        cands = {qid: [pid for pid, _ in top_k(docs, k)] for qid, docs in run.items()}
-        missing_q = [qid for qid in cands if qid not in queries]
-        pids = list(dict.fromkeys(pid for group in cands.values() for pid in group))
-        missing_p = [pid for pid in pids if pid not in corpus]
-        if missing_q or missing_p:
-            raise DataFormatError(None, f"run names queries {missing_q[:3]} / documents {missing_p[:3]} "
-                                        "missing from the queries / corpus")
-        p_emb = dict(zip(pids, self.encode_passage_tokens([corpus[p] for p in pids], batch_size, show_progress)))
-        q_emb = self.encode_query_tokens([queries[qid].text for qid in cands], batch_size)
-        out: Run = {}
-        for (qid, group), q in zip(cands.items(), q_emb):
-            tokens, offsets = stack_ragged([p_emb[pid] for pid in group])
-            scores = maxsim_ragged(q, tokens, offsets).tolist() if group else []
-            out[qid] = dict(sorted(zip(group, scores), key=lambda kv: (-kv[1], kv[0])))
-        return out
 
     # ----------------------------------------------------------------------------- saving
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:

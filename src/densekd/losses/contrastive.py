@@ -91,3 +91,26 @@ class InfoNCE(nn.Module):
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, use_in_batch={self.use_in_batch}"
+
+
+def listwise_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Softmax cross-entropy with candidate 0 (the positive) as the target: InfoNCE at temperature 1.
+
+    The cross-encoder teacher's ``"listwise"`` loss ("localized contrastive estimation", Gao, Dai &
+    Callan 2021) over its raw logits, mean over queries.
+
+    Parameters
+    ----------
+    logits
+        ``float[B, G]`` raw scores, the positive in column 0.
+    mask
+        Optional ``bool[B, G]``; False entries (repeated ids) are left out of the softmax. Column 0
+        must be True.
+
+    Examples
+    --------
+    >>> round(float(listwise_loss(torch.tensor([[2.0, 1.0, 0.0]]))), 4)   # log(1 + e^-1 + e^-2)
+    0.4076
+    """
+    targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return info_nce_loss(logits, targets, temperature=1.0, mask=mask)

@@ -105,6 +105,20 @@ def training_args(save_steps: int, checkpoints: Path) -> dict[str, Any]:
     return {"output_dir": str(checkpoints), "save_strategy": "no"}
 
 
+def section_training_args(section: Any, checkpoints: Path, **overrides: Any) -> dict[str, Any]:
+    """The ``TrainingArguments`` fields every pipeline section sets the same way (each section's ``to_args``).
+
+    ``section`` has ``epochs``, ``max_steps``, ``learning_rate``, ``warmup_ratio``, ``batch_size``,
+    ``seed`` and ``save_steps``; the schedule is linear; ``overrides`` replace any field.
+    """
+    fields = {"num_train_epochs": section.epochs, "max_steps": section.max_steps,
+              "learning_rate": section.learning_rate,
+              "warmup_steps": section.warmup_ratio,  # warmup_steps < 1 is a ratio of all steps
+              "per_device_train_batch_size": section.batch_size, "seed": section.seed,
+              "lr_scheduler_type": "linear", **training_args(section.save_steps, checkpoints)}
+    return {**fields, **overrides}
+
+
 def drop_checkpoints(folder: Path) -> None:
     """Delete a finished training's checkpoint folder and its parents left empty."""
     shutil.rmtree(folder, ignore_errors=True)

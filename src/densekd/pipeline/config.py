@@ -8,6 +8,7 @@ Paths in the YAML file are resolved relative to the current working directory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -163,6 +164,14 @@ class TeacherSection:
         """The signals with a positive fusion weight."""
         return {name for name, w in self.fusion.items() if w > 0}
 
+    def to_args(self, checkpoints: Path) -> Any:
+        """The :class:`~densekd.training.teacher_config.TeacherConfig` of teacher training (checkpoints there)."""
+        from densekd.pipeline.checkpoints import section_training_args
+        from densekd.training.teacher_config import TeacherConfig
+
+        return TeacherConfig(group_size=self.group_size, max_length=self.max_length, loss=self.loss,
+                             **section_training_args(self, checkpoints))
+
 
 @dataclass
 class DarkExamplesSection:
@@ -291,12 +300,11 @@ class StudentSection:
     logging_steps
         Log the loss and its components every N steps (the report's training curve).
     architecture
-        ``"dense"`` (a :class:`~densekd.encoders.dense.DenseEncoder`) or ``"ernie"`` (ERNIE-Search: one
-        shared tower with a dense and a ColBERT head, :class:`~densekd.encoders.ernie.ErnieSearchModel`;
-        use the ``ernie`` loss). Either way the dense head is what gets indexed and evaluated. With
-        ``train_mode: query_only`` an ERNIE student reads the frozen passage side's token states from a
-        cache (:func:`densekd.pipeline.steps.passage_token_states`) and trains the query side and the
-        ColBERT projection.
+        ``"dense"`` (a :class:`~densekd.encoders.dense.DenseEncoder`) or ``"ernie"`` (ERNIE-Search: one shared tower
+        with a dense and a ColBERT head, :class:`~densekd.encoders.ernie.ErnieSearchModel`; use the ``ernie``
+        loss). Either way the dense head is what gets indexed and evaluated. With ``train_mode: query_only`` an
+        ERNIE student reads the frozen passage side's token states from a cache
+        (:func:`densekd.pipeline.steps.passage_token_states`) and trains the query side and the ColBERT projection.
     colbert_dim
         Size of the ColBERT token projection (``architecture: ernie`` only).
     dark_examples
@@ -329,6 +337,14 @@ class StudentSection:
     dark_examples: DarkExamplesSection = field(default_factory=DarkExamplesSection)
     self_paced: SelfPacedSection = field(default_factory=SelfPacedSection)
     save_steps: int = 50
+
+    def to_args(self, checkpoints: Path) -> Any:
+        """The :class:`~densekd.training.config.DistillConfig` of the student's training (checkpoints there)."""
+        from densekd.pipeline.checkpoints import section_training_args
+        from densekd.training.config import DistillConfig
+
+        return DistillConfig(group_size=self.group_size, loss=self.loss, train_mode=self.train_mode,
+                             logging_steps=self.logging_steps, **section_training_args(self, checkpoints))
 
 
 @dataclass

@@ -84,7 +84,7 @@ def train_reader(ctx: QAContext, n: int, runs: tuple[Path, str], previous: tuple
     from transformers import set_seed
 
     from densekd.encoders.reader import FiDReader
-    from densekd.training.reader_trainer import ReaderConfig, ReaderDataset, ReaderExample, ReaderTrainer
+    from densekd.training.reader_trainer import ReaderDataset, ReaderExample, ReaderTrainer
 
     rc, k = ctx.cfg.reader, ctx.cfg.retrieval.k
     start_from = previous if rc.continue_training and previous is not None else None
@@ -96,13 +96,7 @@ def train_reader(ctx: QAContext, n: int, runs: tuple[Path, str], previous: tuple
         run = load_run(runs[0] / "train.trec")
         examples = [ReaderExample(ctx.queries[q].text, ctx.queries[q].answers, ctx.passages(run, q))
                     for q in ctx.train_qids if run.get(q)]  # a question BM25 matched nothing for: no input
-        args = ReaderConfig(
-            model_name_or_path=rc.model, n_passages=k, passage_max_length=rc.passage_max_length,
-            answer_max_length=rc.answer_max_length, decoder_layers=rc.decoder_layers,
-            freeze_encoder=rc.freeze_encoder, num_train_epochs=rc.epochs, max_steps=rc.max_steps,
-            per_device_train_batch_size=rc.batch_size, gradient_accumulation_steps=rc.gradient_accumulation_steps,
-            learning_rate=rc.learning_rate, warmup_steps=rc.warmup_ratio, seed=rc.seed,  # < 1: a ratio
-            lr_scheduler_type="linear", **steps.training_args(rc.save_steps, checkpoints))
+        args = rc.to_args(k, checkpoints)
         set_seed(rc.seed)  # a warm-started reader draws its new cross-attention from the global RNG
         start = str(start_from[0]) if start_from else rc.model
         reader = FiDReader.from_pretrained(start, **args.reader_overrides())
@@ -183,7 +177,6 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
                     previous: tuple[Path, str] | None) -> tuple[Path, str]:
     """Distil the reader's scores into the dense retriever (``iter_<n>/retriever``; resumable)."""
     from densekd.encoders.dense import DenseEncoder
-    from densekd.training.config import DistillConfig
     from densekd.training.dataset import TrainGroupDataset
     from densekd.training.trainer import DistillTrainer
 
@@ -199,13 +192,7 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
     checkpoints = steps.checkpoint_folder(ctx.out, f"retriever-iter_{n}", key)
 
     def compute(out: Path) -> dict[str, Any]:
-        # every group is one question's k passages, all scored: "top" keeps them all, in stored order
-        args = DistillConfig(
-            per_device_train_batch_size=min(s.batch_size, len(groups)),  # drop_last: never zero steps
-            num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,
-            warmup_steps=s.warmup_ratio, seed=s.seed, group_size=k, loss=s.loss, negative_sampling="top",
-            train_mode=s.train_mode, logging_steps=s.logging_steps, lr_scheduler_type="linear",
-            **steps.training_args(s.save_steps, checkpoints))
+        args = s.to_args(k, len(groups), checkpoints)  # negative_sampling='top': every scored passage
         start = str(start_from[0]) if start_from else s.model
         encoder = DenseEncoder.from_pretrained(start, query_max_length=s.query_max_length,
                                                passage_max_length=s.passage_max_length)

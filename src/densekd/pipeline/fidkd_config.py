@@ -13,6 +13,7 @@ question ids only (answer recall needs no passage labels either); no other qrels
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 FIDKD_METHOD = "fidkd"
@@ -108,6 +109,18 @@ class ReaderSection:
     eval_batch_size: int = 8
     num_beams: int = 1
 
+    def to_args(self, n_passages: int, checkpoints: Path) -> Any:
+        """The :class:`~densekd.training.reader_config.ReaderConfig` of a reader reading ``n_passages``
+        (``retrieval.k``) per question (checkpoints in ``checkpoints``)."""
+        from densekd.pipeline.checkpoints import section_training_args
+        from densekd.training.reader_config import ReaderConfig
+
+        return ReaderConfig(
+            model_name_or_path=self.model, n_passages=n_passages, passage_max_length=self.passage_max_length,
+            answer_max_length=self.answer_max_length, decoder_layers=self.decoder_layers,
+            freeze_encoder=self.freeze_encoder, gradient_accumulation_steps=self.gradient_accumulation_steps,
+            **section_training_args(self, checkpoints))
+
 
 @dataclass
 class ReaderTeacherSection:
@@ -180,6 +193,21 @@ class RetrieverSection:
     query_max_length: int = 64
     passage_max_length: int = 192
     save_steps: int = 50
+
+    def to_args(self, group_size: int, n_groups: int, checkpoints: Path) -> Any:
+        """The :class:`~densekd.training.config.DistillConfig` of distilling ``n_groups`` groups of
+        ``group_size`` (``retrieval.k``) scored passages (checkpoints in ``checkpoints``).
+
+        Every group is one question's ``k`` passages, all scored: ``negative_sampling="top"`` keeps them
+        all, in stored order; the batch never exceeds ``n_groups`` (``drop_last`` would leave no step).
+        """
+        from densekd.pipeline.checkpoints import section_training_args
+        from densekd.training.config import DistillConfig
+
+        return DistillConfig(group_size=group_size, loss=self.loss, negative_sampling="top",
+                             train_mode=self.train_mode, logging_steps=self.logging_steps,
+                             **section_training_args(self, checkpoints,
+                                                     per_device_train_batch_size=min(self.batch_size, n_groups)))
 
 
 @dataclass

@@ -41,7 +41,6 @@ from densekd.pipeline.checkpoints import (  # noqa: F401 (re-exported: steps.tra
     drop_checkpoints,
     resume_checkpoint,
     train_resumable,
-    training_args,
 )
 from densekd.pipeline.config import PipelineConfig
 from densekd.pipeline.teacher_signal import (  # noqa: F401 (re-exported: the benches read them as steps.*)
@@ -160,7 +159,6 @@ TEACHER_TRAINING_FIELDS = ("model", "epochs", "max_steps", "learning_rate", "war
 def teacher(ctx: Context, groups: list[TrainGroup], mined_key: str) -> Any:
     """Train the cross-encoder teacher (cached on the mined groups and training settings) or load ``path``."""
     from densekd.teachers.cross_encoder import CrossEncoderTeacher
-    from densekd.training.teacher_config import TeacherConfig
     from densekd.training.teacher_trainer import train_cross_encoder
 
     t = ctx.cfg.teacher
@@ -172,11 +170,7 @@ def teacher(ctx: Context, groups: list[TrainGroup], mined_key: str) -> Any:
     checkpoints = checkpoint_folder(ctx.cache, "teacher", key)
 
     def compute(out: Path) -> dict[str, Any]:
-        args = TeacherConfig(
-            num_train_epochs=t.epochs, max_steps=t.max_steps,
-            learning_rate=t.learning_rate, warmup_steps=t.warmup_ratio,  # warmup_steps < 1 is a ratio
-            per_device_train_batch_size=t.batch_size, group_size=t.group_size, max_length=t.max_length,
-            loss=t.loss, seed=t.seed, lr_scheduler_type="linear", **training_args(t.save_steps, checkpoints))
+        args = t.to_args(checkpoints)
         start = time.perf_counter()
         resume = resume_checkpoint(checkpoints, "teacher")
         train_cross_encoder(groups, ctx.queries, ctx.corpus, args, model_path=t.model,
@@ -193,7 +187,7 @@ def teacher(ctx: Context, groups: list[TrainGroup], mined_key: str) -> Any:
 
 def teacher_dev_run(ctx: Context, scorer: Any, eval_run: Run, bm25_key: str) -> Run:
     """Teacher logits for BM25's top ``rerank_depth`` of every dev query (cached TREC run)."""
-    from densekd.teachers.cross_encoder import rerank
+    from densekd.teachers.rerank import rerank
 
     depth = ctx.cfg.teacher.rerank_depth
     folder = ctx.cache / "teacher_dev" / cache_key("teacher-dev-v1", bm25_key, scorer.fingerprint, depth)

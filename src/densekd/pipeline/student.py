@@ -35,7 +35,6 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
     import shutil
 
     from densekd.training.callbacks import RetrievalEvalCallback
-    from densekd.training.config import DistillConfig
     from densekd.training.dataset import TrainGroupDataset
     from densekd.training.trainer import DistillTrainer
 
@@ -52,12 +51,7 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
         for stale in checkpoints.parent.glob("*"):  # one student per output_dir: other settings' leftovers
             if stale != checkpoints:
                 shutil.rmtree(stale, ignore_errors=True)
-        args = DistillConfig(
-            per_device_train_batch_size=s.batch_size,
-            num_train_epochs=s.epochs, max_steps=s.max_steps, learning_rate=s.learning_rate,  # warmup_steps < 1 is a ratio
-            warmup_steps=s.warmup_ratio, seed=s.seed, group_size=s.group_size, loss=s.loss,
-            train_mode=s.train_mode, logging_steps=s.logging_steps, lr_scheduler_type="linear",
-            **steps.training_args(s.save_steps, checkpoints))
+        args = s.to_args(checkpoints)
         encoder = _build_student(s)
         dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=s.group_size, seed=s.seed,
                                     extra_per_group=s.dark_examples.extra_per_group)

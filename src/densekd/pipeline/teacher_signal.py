@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from densekd.data.types import Run, TrainGroup, top_k
 from densekd.eval.metrics import evaluate
 
@@ -31,16 +29,11 @@ def dense_signal(encoder: Any, store: Any, texts: Mapping[str, str], candidates:
 
     ``store`` has ``.ids`` and ``.embeddings[N, D]``; every candidate must be one of its ids.
     """
-    row = {pid: i for i, pid in enumerate(store.ids)}
+    from densekd.teachers.rerank import dot_scores
+
     qids = list(candidates)
     q = encoder.encode_queries([texts[qid] for qid in qids])
-    emb = store.embeddings
-    out: Run = {}
-    for qi, qid in enumerate(qids):
-        pids = list(candidates[qid])
-        scores = np.asarray(emb[[row[p] for p in pids]]) @ q[qi]
-        out[qid] = dict(zip(pids, scores.tolist()))
-    return out
+    return dot_scores(q, qids, candidates, store.embeddings, {pid: i for i, pid in enumerate(store.ids)})
 
 
 def bm25_scores(ctx: Any, candidates: Mapping[str, Sequence[str]]) -> Run:

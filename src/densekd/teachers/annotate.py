@@ -14,8 +14,10 @@ File format (JSON lines, UTF-8, one object per line)
   ``teacher_scores`` holds exactly one **raw teacher logit** (never a probability; losses apply their
   own softmax and temperature) for every id of ``pos_ids + neg_ids``, all finite. Qids are unique.
 
-The pair scored for a candidate is ``(queries[qid].text, text)`` where ``text`` is
-``extra_passages[pid]`` for synthetic ids and ``corpus[pid].full_text()`` otherwise.
+Each group is one :class:`~densekd.teachers.base.CandidateList` for the teacher: the query's text and
+its candidates, ``extra_passages[pid]`` (a text) for synthetic ids and the corpus
+:class:`~densekd.data.types.Passage` otherwise (a pair-reading teacher scores
+``(queries[qid].text, corpus[pid].full_text())``).
 
 Resuming and caching
 --------------------
@@ -41,15 +43,16 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from densekd.data.io import DataFormatError, atomic_write, get_field, iter_jsonl
 from densekd.data.types import Corpus, Queries, TrainGroup
+from densekd.teachers.base import Candidate, CandidateList, Teacher, as_teacher
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ScoringTeacher", "annotate", "load_annotations", "make_header"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "annotate", "load_annotations", "make_header"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,17 +60,6 @@ FORMAT_NAME = "densekd.teacher_scores"
 FORMAT_VERSION = 1
 UNITS = "logits"
 PARTIAL_SUFFIX = ".partial"
-
-
-class ScoringTeacher(Protocol):
-    """What :func:`annotate` needs from a teacher (see :mod:`densekd.teachers.base`)."""
-
-    fingerprint: str
-
-    def score(self, pairs: list[tuple[str, str]], batch_size: int = ...,
-              show_progress: bool = ...) -> np.ndarray:
-        """Raw logits ``float32[N]`` for ``(query, passage)`` pairs."""
-        ...
 
 
 def make_header(fingerprint: str) -> dict[str, Any]:
@@ -198,9 +190,9 @@ def _same_candidates(a: TrainGroup, b: TrainGroup) -> bool:
             and (a.extra_passages or None) == (b.extra_passages or None))
 
 
-def _candidate_text(group: TrainGroup, pid: str, corpus: Corpus) -> str:
+def _candidate(group: TrainGroup, pid: str, corpus: Corpus) -> Candidate:
     extra = group.extra_passages or {}
-    return extra[pid] if pid in extra else corpus[pid].full_text()
+    return extra[pid] if pid in extra else corpus[pid]
 
 
 def _check_inputs(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus) -> None:
@@ -222,29 +214,30 @@ def _check_inputs(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus
 
 
 def _score_chunk(chunk: Sequence[TrainGroup], queries: Queries, corpus: Corpus,
-                 teacher: ScoringTeacher, batch_size: int) -> list[TrainGroup]:
+                 teacher: Teacher, batch_size: int) -> list[TrainGroup]:
     """Score all candidates of ``chunk`` in one teacher call; return annotated copies."""
     ids_per_group = [list(dict.fromkeys(g.pos_ids + g.neg_ids)) for g in chunk]
-    pairs = [(queries[g.qid].text, _candidate_text(g, pid, corpus))
-             for g, ids in zip(chunk, ids_per_group) for pid in ids]
-    raw = np.asarray(teacher.score(pairs, batch_size=batch_size, show_progress=False))
-    if raw.shape != (len(pairs),):
-        raise ValueError(f"teacher returned shape {raw.shape} for {len(pairs)} pairs")
-    if not np.isfinite(raw).all():
-        raise ValueError(f"teacher {teacher.fingerprint!r} returned non-finite scores")
-    # float32 -> float64 is exact, so the JSON text round-trips to the same logits.
-    flat = raw.astype(np.float64).tolist()
-    out, start = [], 0
-    for g, ids in zip(chunk, ids_per_group):
-        scores = dict(zip(ids, flat[start:start + len(ids)]))
-        start += len(ids)
+    lists = [CandidateList(queries[g.qid].text, [_candidate(g, pid, corpus) for pid in ids])
+             for g, ids in zip(chunk, ids_per_group)]
+    scored = teacher.score_candidates(lists, batch_size=batch_size, show_progress=False)
+    if len(scored) != len(chunk):
+        raise ValueError(f"teacher returned {len(scored)} score lists for {len(chunk)} queries")
+    out = []
+    for g, ids, raw in zip(chunk, ids_per_group, scored):
+        raw = np.asarray(raw)
+        if raw.shape != (len(ids),):
+            raise ValueError(f"teacher returned shape {raw.shape} for {len(ids)} candidates of query {g.qid!r}")
+        if not np.isfinite(raw).all():
+            raise ValueError(f"teacher {teacher.fingerprint!r} returned non-finite scores")
+        # float32 -> float64 is exact, so the JSON text round-trips to the same logits.
+        scores = dict(zip(ids, raw.astype(np.float64).tolist()))
         out.append(TrainGroup(g.qid, list(g.pos_ids), list(g.neg_ids), scores,
                               dict(g.extra_passages) if g.extra_passages else None))
     return out
 
 
 def _score_to_partial(partial: Path, header: dict[str, Any] | None, todo: Sequence[TrainGroup],
-                      queries: Queries, corpus: Corpus, teacher: ScoringTeacher, batch_size: int,
+                      queries: Queries, corpus: Corpus, teacher: Teacher, batch_size: int,
                       flush_every: int) -> Iterator[list[TrainGroup]]:
     """Score ``todo`` in chunks, appending each to ``partial`` (started afresh with ``header`` if given)."""
     with open(partial, "w" if header is not None else "a", encoding="utf-8") as f:
@@ -272,7 +265,7 @@ def _finalize(partial: Path, out: Path, header: dict[str, Any], order: list[str]
     partial.unlink(missing_ok=True)
 
 
-def annotate(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus, teacher: ScoringTeacher,
+def annotate(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus, teacher: Teacher,
              out_path: str | os.PathLike, batch_size: int = 64, flush_every: int = 100,
              show_progress: bool = True) -> list[TrainGroup]:
     """Attach raw teacher logits to every candidate of every group; resumable (see module docstring).
@@ -284,8 +277,9 @@ def annotate(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus, tea
     queries, corpus
         Texts for the qids and the non-synthetic passage ids.
     teacher
-        Has ``score(pairs, batch_size=..., show_progress=...) -> float32[N]`` raw logits and a
-        ``fingerprint`` string that changes whenever its scores would.
+        A :class:`~densekd.teachers.base.Teacher` (``score_candidates`` raw logits and a
+        ``fingerprint`` that changes whenever its scores would): a cross-encoder, ColBERT or reader
+        teacher, or a pair scorer (``score(pairs)``, :func:`~densekd.teachers.base.as_teacher`).
     out_path
         Destination file; ``out_path + ".partial"`` holds the work in progress.
     batch_size
@@ -303,6 +297,7 @@ def annotate(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus, tea
     if flush_every < 1:
         raise ValueError(f"flush_every must be >= 1, got {flush_every}")
     _check_inputs(groups, queries, corpus)
+    teacher = as_teacher(teacher)
     out, header = Path(out_path), make_header(teacher.fingerprint)
     partial = Path(str(out) + PARTIAL_SUFFIX)
     order = [g.qid for g in groups]

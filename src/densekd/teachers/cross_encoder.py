@@ -1,136 +1,78 @@
-"""Cross-encoder teacher and re-ranking of a first-stage run.
+"""The cross-encoder teacher: a :class:`~densekd.teachers.base.Teacher` composed over a :class:`CrossEncoder`.
 
 Units
 -----
-:meth:`CrossEncoderTeacher.score` and :func:`rerank` return **raw logits** of the one-unit
-classification head (unbounded floats, higher = more relevant), never sigmoid probabilities.
+:meth:`CrossEncoderTeacher.score_candidates` and :meth:`CrossEncoderTeacher.score` return **raw
+logits** of the one-unit classification head (unbounded floats, higher = more relevant), never
+sigmoid probabilities; a candidate is read as ``(query, Passage.full_text())``.
 
 Fingerprint
 -----------
 ``sha256(kind, max_length, tokenizer state, weights)``: the weights are hashed from memory (so a
 model fine-tuned or edited in place gets a new fingerprint even before it is saved) and the result
-is cached until a weight tensor changes (checked through the tensors' in-place version counters).
+is cached until a weight tensor or ``max_length`` changes
+(:class:`~densekd.teachers.model_fingerprint.CachedFingerprint`). It keys the annotation caches,
+so it must stay byte-for-byte what it was (``tests/teachers/test_teacher_fingerprints.py`` pins it).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import os
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from densekd.data.io import DataFormatError
-from densekd.data.types import Corpus, Queries, Run, top_k
 from densekd.encoders.cross_encoder import CrossEncoder
-from densekd.teachers.base import Teacher, fingerprint_parts, fingerprint_state_dict
+from densekd.teachers.base import CandidateList, fingerprint_parts, fingerprint_state_dict, score_as_pairs
+from densekd.teachers.model_fingerprint import CachedFingerprint, tokenizer_state
 
 _FINGERPRINT_KIND = "densekd.CrossEncoderTeacher/v1"
 
 
-class CrossEncoderTeacher(CrossEncoder):
-    """A :class:`~densekd.encoders.cross_encoder.CrossEncoder` that satisfies :class:`Teacher`.
+class CrossEncoderTeacher:
+    """Scores candidates with a :class:`~densekd.encoders.cross_encoder.CrossEncoder` (module docstring).
 
-    Load with ``CrossEncoderTeacher.from_pretrained(path, max_length=...)`` or wrap a model in memory
-    (e.g. the output of ``train_cross_encoder``) with :meth:`from_encoder`; the weights are shared.
+    Parameters
+    ----------
+    encoder
+        The cross-encoder; the teacher shares it (no copy), so training it changes the teacher's
+        scores and fingerprint.
 
     Examples
     --------
-    >>> teacher = CrossEncoderTeacher.from_pretrained("path/to/reranker")   # doctest: +SKIP
-    >>> teacher.score([("what is aspirin", "Aspirin is a drug.")])          # doctest: +SKIP
-    array([6.93], dtype=float32)
+    >>> teacher = CrossEncoderTeacher.from_pretrained("path/to/reranker")                  # doctest: +SKIP
+    >>> teacher.score_candidates([CandidateList("what is aspirin", ["Aspirin is a drug."])])  # doctest: +SKIP
+    [array([6.93], dtype=float32)]
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int = 256):
-        super().__init__(model, tokenizer, max_length)
-        self._fingerprint_cache: tuple[tuple, str] | None = None
+    def __init__(self, encoder: CrossEncoder):
+        self.encoder = encoder
+        self._fingerprint = CachedFingerprint()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None,
+                        max_length: int | None = None) -> CrossEncoderTeacher:
+        """Load the cross-encoder with :meth:`CrossEncoder.from_pretrained` and wrap it."""
+        return cls(CrossEncoder.from_pretrained(path, max_length=max_length))
 
     @classmethod
     def from_encoder(cls, encoder: CrossEncoder) -> CrossEncoderTeacher:
-        """Wrap an in-memory cross-encoder (shares its model and tokenizer, no copy)."""
-        return cls(encoder.model, encoder.tokenizer, encoder.max_length)
+        """Wrap an in-memory cross-encoder (e.g. the output of ``train_cross_encoder``); same as the constructor."""
+        return cls(encoder)
 
-    def score(self, pairs: list[tuple[str, str]], batch_size: int = 64,
-              show_progress: bool = False) -> np.ndarray:
-        """Raw logits ``np.float32[N]`` for ``N`` ``(query, passage)`` pairs, in input order."""
-        return self.predict(pairs, batch_size=batch_size, show_progress=show_progress)
+    def score(self, pairs: list[tuple[str, str]], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        """Raw logits ``np.float32[N]`` for ``N`` ``(query, passage text)`` pairs, in input order."""
+        return self.encoder.predict(pairs, batch_size=batch_size, show_progress=show_progress)
+
+    def score_candidates(self, lists: Sequence[CandidateList], batch_size: int | None = None,
+                         show_progress: bool = False) -> list[np.ndarray]:
+        """Raw logits per candidate list; every pair of ``lists`` goes through one :meth:`CrossEncoder.predict`
+        call, which length-sorts across queries (``batch_size`` pairs per forward, default 64)."""
+        return score_as_pairs(self.score, lists, batch_size, show_progress)
 
     @property
     def fingerprint(self) -> str:
         """Hex SHA-256 of weights, ``max_length`` and tokenizer (see the module docstring)."""
-        state = self.model.state_dict()
-        # Cheap change detector: every in-place update (optimizer step, load_state_dict, ``+=``) bumps a
-        # tensor's version counter, and reassigning a parameter changes its storage pointer.
-        key = (self.max_length, tuple((n, t.data_ptr(), t._version) for n, t in state.items()))
-        if self._fingerprint_cache is None or self._fingerprint_cache[0] != key:
-            value = fingerprint_parts(_FINGERPRINT_KIND, self.max_length, _tokenizer_state(self.tokenizer),
-                                      fingerprint_state_dict(state))
-            self._fingerprint_cache = (key, value)
-        return self._fingerprint_cache[1]
-
-
-def _tokenizer_state(tokenizer: Any) -> str:
-    """A digest of what decides tokenisation, excluding per-call truncation/padding state."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        # The fast tokenizer's JSON also records the truncation/padding of the *last call*, which
-        # would make the fingerprint change after the first predict(); those keys are dropped.
-        state = json.loads(backend.to_str())
-        state.pop("truncation", None)
-        state.pop("padding", None)
-        text = json.dumps(state, sort_keys=True)
-    else:
-        text = json.dumps(sorted(tokenizer.get_vocab().items()))
-    return fingerprint_parts(type(tokenizer).__name__, tokenizer.padding_side, tokenizer.truncation_side, text)
-
-
-def rerank(teacher: Teacher, run: Run, queries: Queries, corpus: Corpus, k: int = 100,
-           batch_size: int = 64, show_progress: bool = False) -> Run:
-    """Re-score the top ``k`` documents of every query of ``run`` with ``teacher``.
-
-    Parameters
-    ----------
-    teacher
-        Any :class:`Teacher`; all pairs are scored in one call, so a cross-encoder length-sorts
-        across queries.
-    run
-        First-stage ``qid -> {pid: score}``; the top ``k`` by score (ties by pid) are kept.
-    queries, corpus
-        Text lookups; passages are scored as ``Passage.full_text()`` (title and text).
-    k
-        Documents re-ranked per query; documents below rank ``k`` are dropped from the output.
-    batch_size, show_progress
-        Passed to ``teacher.score``.
-
-    Returns
-    -------
-    Run
-        ``qid -> {pid: teacher logit}`` for the same qids, each dict in decreasing score order.
-
-    Raises
-    ------
-    DataFormatError
-        When the run names a query or document that ``queries`` / ``corpus`` lack.
-    """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    pairs: list[tuple[str, str]] = []
-    spans: list[tuple[str, list[str]]] = []
-    for qid, docs in run.items():
-        if qid not in queries:
-            raise DataFormatError(None, f"run has query {qid!r}, which is not in the queries")
-        pids = [pid for pid, _ in top_k(docs, k)]
-        missing = [pid for pid in pids if pid not in corpus]
-        if missing:
-            raise DataFormatError(None, f"run has documents {missing[:3]} for query {qid!r} that are not in the corpus")
-        text = queries[qid].text
-        pairs.extend((text, corpus[pid].full_text()) for pid in pids)
-        spans.append((qid, pids))
-    scores = teacher.score(pairs, batch_size=batch_size, show_progress=show_progress) if pairs else np.empty(0, dtype=np.float32)
-    out: Run = {}
-    start = 0
-    for qid, pids in spans:
-        ranked = zip(pids, scores[start:start + len(pids)].tolist())
-        out[qid] = dict(sorted(ranked, key=lambda kv: (-kv[1], kv[0])))
-        start += len(pids)
-    return out
+        encoder = self.encoder
+        return self._fingerprint.get(encoder.model, (encoder.max_length,), lambda state: fingerprint_parts(
+            _FINGERPRINT_KIND, encoder.max_length, tokenizer_state(encoder.tokenizer), fingerprint_state_dict(state)))

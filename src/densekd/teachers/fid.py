@@ -42,9 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from densekd.encoders.reader import IGNORE_INDEX, FiDReader, PassageLike
-from densekd.teachers.base import fingerprint_parts, fingerprint_state_dict
+from densekd.teachers.base import CandidateList, fingerprint_parts, fingerprint_state_dict
+from densekd.teachers.model_fingerprint import CachedFingerprint
 
 TOKEN_MODES = ("first", "all")
 REDUCTIONS = ("mean", "sum", "max")
@@ -276,7 +278,8 @@ PRESETS: dict[str, FiDScoring] = {
 
 
 class FiDTeacher:
-    """Scores a question's passages *jointly* with a trained :class:`FiDReader`.
+    """Scores a question's passages *jointly* with a trained :class:`FiDReader`; a
+    :class:`~densekd.teachers.base.Teacher` (``score_candidates`` + ``fingerprint``).
 
     Parameters
     ----------
@@ -302,13 +305,26 @@ class FiDTeacher:
         self.reader = reader
         self.scoring = scoring
         self.batch_size = int(batch_size)
+        self._fingerprint = CachedFingerprint()
 
     @property
     def fingerprint(self) -> str:
-        """Stable id of the reader weights, its input settings and the scoring (a cache key)."""
+        """Stable id of the reader weights, its input settings and the scoring (a cache key; hashed once
+        until a weight or setting changes)."""
         c = self.reader.config
-        return fingerprint_parts("fid-teacher", fingerprint_state_dict(self.reader.model.state_dict()),
-                                 c.passage_max_length, c.answer_max_length, self.scoring)
+        settings = (c.passage_max_length, c.answer_max_length, self.scoring)
+        return self._fingerprint.get(self.reader.model, settings, lambda state: fingerprint_parts(
+            "fid-teacher", fingerprint_state_dict(state), *settings))
+
+    def score_candidates(self, lists: Sequence[CandidateList], batch_size: int | None = None,
+                         show_progress: bool = False) -> list[np.ndarray]:
+        """:meth:`score_passages` of each list (its passages read together, with its ``answer``).
+
+        ``batch_size`` is unused: a question's passages are one FiD input (``pdist`` reads them in
+        chunks of the constructor's ``batch_size``).
+        """
+        return [self.score_passages(item.query, item.passages, item.answer)
+                for item in tqdm(lists, desc="reader teacher", unit="query", disable=not show_progress)]
 
     @torch.inference_mode()
     def score_passages(self, question: str, passages: Sequence[PassageLike], answer: str | None = None) -> np.ndarray:

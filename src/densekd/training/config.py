@@ -1,22 +1,21 @@
 """Training arguments of :class:`~densekd.training.trainer.DistillTrainer`.
 
-:class:`DistillConfig` is a ``transformers.TrainingArguments`` with the distillation settings added
-(group size, loss spec, negative sampling, training mode, in-batch negatives, dev-evaluation
-settings). It is a plain dataclass, so it reads from YAML/CLI through ``HfArgumentParser``; the
+:class:`DistillConfig` is a :class:`~densekd.training.arguments.DensekdArguments` (a
+``transformers.TrainingArguments`` with the defaults and checks every densekd trainer shares) with the
+distillation settings added (group size, loss spec, negative sampling, training mode, in-batch
+negatives). It is a plain dataclass, so it reads from YAML/CLI through ``HfArgumentParser``; the
 ``loss`` field also accepts a JSON string on the command line (``--loss '{"kl": {}}'``).
 
 Defaults that differ from ``TrainingArguments`` and why
 --------------------------------------------------------
-* ``remove_unused_columns=False``: items are dicts of texts and ids, not model-forward kwargs; the HF
-  column filter would drop them before the collator sees them.
+* Those of :class:`~densekd.training.arguments.DensekdArguments` (``remove_unused_columns=False``,
+  ``prediction_loss_only=True``, ``logging_steps=10``, ``report_to="none"``, safetensors only).
 * ``dataloader_drop_last=True``: with in-batch negatives a short last batch has fewer negatives and a
   different loss scale; dropping it keeps every step (and every rank under DDP) the same size.
-* ``prediction_loss_only=True``: ``Trainer.evaluate`` on training groups reports ``eval_loss`` only;
-  retrieval metrics come from :class:`~densekd.training.callbacks.RetrievalEvalCallback`.
-* ``logging_steps=10``, ``report_to="none"``: short runs log often; nothing is sent anywhere unless asked.
-* Weights are always safetensors: transformers 5 removed ``save_safetensors`` and
-  :meth:`DenseEncoder.save_pretrained <densekd.encoders.dense.DenseEncoder.save_pretrained>` writes
-  safetensors only.
+
+Retrieval metrics during training come from :class:`~densekd.training.callbacks.RetrievalEvalCallback`
+(its ``metrics`` and ``every_n_steps``). The two fields that once named them here, ``eval_metrics``
+and ``eval_retrieval_steps``, were never read; setting either is an error that says so.
 """
 
 from __future__ import annotations
@@ -24,11 +23,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from transformers import TrainingArguments
 
-NEGATIVE_SAMPLING_MODES: tuple[str, ...] = ("random", "top")
+from densekd.training.arguments import DensekdArguments, check_group_sampling
+from densekd.training.dataset import NEGATIVE_SAMPLING_MODES
+
 TRAIN_MODES: tuple[str, ...] = ("full", "query_only")
+#: fields that were never read (retrieval evaluation is RetrievalEvalCallback's): refused with this advice
+DEPRECATED_FIELDS: dict[str, str] = {
+    "eval_metrics": "pass metrics=... to densekd.training.callbacks.RetrievalEvalCallback",
+    "eval_retrieval_steps": "pass every_n_steps=... to densekd.training.callbacks.RetrievalEvalCallback",
+}
 
 
 def default_loss_spec() -> dict[str, dict[str, Any]]:
@@ -46,7 +51,7 @@ def default_loss_spec() -> dict[str, dict[str, Any]]:
 
 
 @dataclass
-class DistillConfig(TrainingArguments):
+class DistillConfig(DensekdArguments):
     """Arguments for distilling a teacher into a dense retriever.
 
     All ``transformers.TrainingArguments`` fields apply; the extra ones are:
@@ -69,10 +74,9 @@ class DistillConfig(TrainingArguments):
     use_in_batch_negatives
         Also score each query against every passage of the (DDP-global) batch, which losses such as
         ``contrastive`` use when present.
-    eval_metrics
-        Metrics for :class:`~densekd.training.callbacks.RetrievalEvalCallback` (``densekd.eval`` names).
-    eval_retrieval_steps
-        Run the retrieval evaluation every this many optimizer steps; ``0`` = never.
+    eval_metrics, eval_retrieval_steps
+        Deprecated and never read: ``None`` is the only accepted value (anything else is an error
+        pointing at :class:`~densekd.training.callbacks.RetrievalEvalCallback`).
     """
 
     group_size: int = field(
@@ -92,53 +96,29 @@ class DistillConfig(TrainingArguments):
                           "passage vectors from a cached embedding table.", "choices": list(TRAIN_MODES)})
     use_in_batch_negatives: bool = field(
         default=True, metadata={"help": "Score queries against all passages of the (global) batch too."})
-    eval_metrics: list[str] = field(
-        default_factory=lambda: ["ndcg@10", "recall@100"],
-        metadata={"help": "Metrics of the retrieval evaluation during training (densekd.eval names)."})
-    eval_retrieval_steps: int = field(
-        default=0, metadata={"help": "Evaluate retrieval every N optimizer steps (0 = never)."})
+    eval_metrics: list[str] | None = field(
+        default=None, metadata={"help": "Deprecated, never read: use RetrievalEvalCallback(metrics=...)."})
+    eval_retrieval_steps: int | None = field(
+        default=None, metadata={"help": "Deprecated, never read: use RetrievalEvalCallback(every_n_steps=...)."})
 
-    # ----- TrainingArguments defaults changed for this use (module docstring says why)
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Must stay False: items are texts/ids, not forward kwargs."})
+    # ----- TrainingArguments default changed for this use (module docstring says why)
     dataloader_drop_last: bool = field(
         default=True, metadata={"help": "Drop the short last batch (constant in-batch negative count)."})
-    prediction_loss_only: bool = field(
-        default=True, metadata={"help": "Trainer.evaluate reports the loss only."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every X optimizer steps."})
-    report_to: None | str | list[str] = field(
-        default="none", metadata={"help": "Integrations to report to ('none' = none)."})
 
     # JSON strings given for these fields on the command line are parsed into dicts
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "loss"]
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # pinned host memory only helps copies to an accelerator; on CPU torch warns on every epoch
-        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()
-        self._validate()
-
-    def _validate(self) -> None:
-        if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 1:
-            raise ValueError(f"group_size must be an integer >= 1 (1 positive + negatives), got {self.group_size!r}")
+    def validate(self) -> None:
+        """Check the distillation fields (called by ``DensekdArguments.__post_init__``)."""
+        for name, advice in DEPRECATED_FIELDS.items():
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is deprecated and was never read by DistillTrainer: {advice}")
+        check_group_sampling(self, min_group_size=1)
         if self.group_size == 1 and not self.use_in_batch_negatives:
             raise ValueError("group_size=1 has no negatives: set use_in_batch_negatives=True or group_size >= 2")
-        if self.negative_sampling not in NEGATIVE_SAMPLING_MODES:
-            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING_MODES}, "
-                             f"got {self.negative_sampling!r}")
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
-        if self.remove_unused_columns:
-            raise ValueError("remove_unused_columns must be False: DistillTrainer items are texts and ids, "
-                             "which the HF column filter would drop")
-        if self.dataloader_persistent_workers and self.dataloader_num_workers > 0:
-            # persistent workers keep the dataset copy of epoch 0, so set_epoch would never reach them
-            raise ValueError("dataloader_persistent_workers=True would freeze negative sampling at epoch 0 "
-                             "(workers keep their dataset copy); leave it False")
-        if not isinstance(self.eval_retrieval_steps, int) or self.eval_retrieval_steps < 0:
-            raise ValueError(f"eval_retrieval_steps must be an integer >= 0, got {self.eval_retrieval_steps!r}")
         self._validate_loss()
-        self._validate_eval_metrics()
 
     def _validate_loss(self) -> None:
         from densekd.losses import build_loss  # torch-heavy import only when a config is built
@@ -151,12 +131,3 @@ class DistillConfig(TrainingArguments):
             build_loss(self.loss)
         except ValueError as err:
             raise ValueError(f"invalid loss spec {self.loss!r}: {err}") from None
-
-    def _validate_eval_metrics(self) -> None:
-        from densekd.eval.metrics import check_metrics
-
-        self.eval_metrics = list(self.eval_metrics)
-        try:
-            check_metrics(self.eval_metrics)
-        except ValueError as err:
-            raise ValueError(f"invalid eval_metrics {self.eval_metrics!r}: {err}") from None

@@ -1,42 +1,40 @@
 """Training arguments of :class:`~densekd.training.teacher_trainer.CrossEncoderTrainer`.
 
-:class:`TeacherConfig` is a ``transformers.TrainingArguments`` with the cross-encoder (teacher)
-fine-tuning settings added: loss, group size, truncation length and negative sampling. It is a plain
-dataclass, so it reads from YAML/CLI through ``HfArgumentParser``.
+:class:`TeacherConfig` is a :class:`~densekd.training.arguments.DensekdArguments` (a
+``transformers.TrainingArguments`` with the defaults and checks every densekd trainer shares) with the
+cross-encoder (teacher) fine-tuning settings added: loss, group size, truncation length and negative
+sampling. It is a plain dataclass, so it reads from YAML/CLI through ``HfArgumentParser``.
 
 Losses (over the raw logits ``s[B, G]`` of 1 positive + ``G - 1`` negatives per query)
 --------------------------------------------------------------------------------------
 * ``"listwise"``: softmax cross-entropy with the positive as the target class,
   ``-log softmax(s_i)[0]``, averaged over queries ("localized contrastive estimation", Gao, Dai &
-  Callan 2021, who found it trains better BERT re-rankers than pointwise BCE).
+  Callan 2021, who found it trains better BERT re-rankers than pointwise BCE): InfoNCE at temperature
+  1 over the query's group, :func:`densekd.losses.contrastive.listwise_loss`.
 * ``"pointwise"``: binary cross-entropy with logits, label 1 for the positive and 0 for every
-  negative, averaged over candidates (the classic monoBERT / sentence-transformers BCE recipe).
+  negative, averaged over candidates (the classic monoBERT / sentence-transformers BCE recipe),
+  :func:`densekd.losses.pointwise.pointwise_loss`.
 
 Defaults that differ from ``TrainingArguments`` and why
 --------------------------------------------------------
-* ``remove_unused_columns=False``: items are dicts of texts and ids, not forward kwargs.
+* Those of :class:`~densekd.training.arguments.DensekdArguments` (``remove_unused_columns=False``,
+  ``prediction_loss_only=True``, ``logging_steps=10``, ``report_to="none"``, safetensors only).
 * ``learning_rate=2e-5``, ``warmup_steps=0.1`` (10 % of the steps, linear decay after): the usual
   recipe for BERT-size cross-encoders; 5e-5 with no warm-up often collapses a fresh head.
-* ``prediction_loss_only=True``: ``Trainer.evaluate`` on training groups reports ``eval_loss`` only.
-* ``logging_steps=10``, ``report_to="none"``: short runs log often; nothing is sent anywhere unless asked.
-* Weights are always safetensors (:meth:`CrossEncoder.save_pretrained
-  <densekd.encoders.cross_encoder.CrossEncoder.save_pretrained>`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-from transformers import TrainingArguments
-
+from densekd.training.arguments import DensekdArguments, check_group_sampling
 from densekd.training.dataset import NEGATIVE_SAMPLING_MODES
 
 TEACHER_LOSSES: tuple[str, ...] = ("listwise", "pointwise")
 
 
 @dataclass
-class TeacherConfig(TrainingArguments):
+class TeacherConfig(DensekdArguments):
     """Arguments for fine-tuning a cross-encoder teacher.
 
     All ``transformers.TrainingArguments`` fields apply (``per_device_train_batch_size`` counts
@@ -75,33 +73,14 @@ class TeacherConfig(TrainingArguments):
                           "or 'top' (first G-1 in file order).", "choices": list(NEGATIVE_SAMPLING_MODES)})
 
     # ----- TrainingArguments defaults changed for this use (module docstring says why)
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Must stay False: items are texts/ids, not forward kwargs."})
     learning_rate: float = field(default=2e-5, metadata={"help": "Peak learning rate (AdamW)."})
     warmup_steps: float = field(
         default=0.1, metadata={"help": "Linear warm-up: steps (>= 1) or a ratio of all steps (< 1)."})
-    prediction_loss_only: bool = field(
-        default=True, metadata={"help": "Trainer.evaluate reports the loss only."})
-    logging_steps: float = field(default=10, metadata={"help": "Log every X optimizer steps."})
-    report_to: None | str | list[str] = field(
-        default="none", metadata={"help": "Integrations to report to ('none' = none)."})
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # pinned host memory only helps copies to an accelerator; on CPU torch warns on every epoch
-        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()
+    def validate(self) -> None:
+        """Check the teacher fields (called by ``DensekdArguments.__post_init__``)."""
         if self.loss not in TEACHER_LOSSES:
             raise ValueError(f"loss must be one of {TEACHER_LOSSES}, got {self.loss!r}")
-        if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 2:
-            raise ValueError(f"group_size must be an integer >= 2 (1 positive + negatives), got {self.group_size!r}")
+        check_group_sampling(self, min_group_size=2)
         if not isinstance(self.max_length, int) or self.max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
-        if self.negative_sampling not in NEGATIVE_SAMPLING_MODES:
-            raise ValueError(f"negative_sampling must be one of {NEGATIVE_SAMPLING_MODES}, "
-                             f"got {self.negative_sampling!r}")
-        if self.remove_unused_columns:
-            raise ValueError("remove_unused_columns must be False: CrossEncoderTrainer items are texts and ids")
-        if self.dataloader_persistent_workers and self.dataloader_num_workers > 0:
-            # persistent workers keep the dataset copy of epoch 0, so set_epoch would never reach them
-            raise ValueError("dataloader_persistent_workers=True would freeze negative sampling at epoch 0; "
-                             "leave it False")

@@ -8,8 +8,11 @@ Data contract
   i*G + j is candidate j of query i), "mask": bool[B, G]}``; ``mask`` is False for ids repeated within
   a group (the dataset pads short groups by repeating), which the losses ignore.
 * :class:`CrossEncoderTrainer` reshapes the model's **raw logits** to ``[B, G]`` and applies
-  :func:`listwise_loss` or :func:`pointwise_loss` (``TeacherConfig.loss``); both are per-micro-batch
-  means, which the HF Trainer divides by the gradient-accumulation steps.
+  :func:`~densekd.losses.contrastive.listwise_loss` (InfoNCE at temperature 1) or
+  :func:`~densekd.losses.pointwise.pointwise_loss` (``TeacherConfig.loss``); both are per-micro-batch
+  means, which the HF Trainer divides by the gradient-accumulation steps. Saving and strict resuming
+  are :class:`~densekd.training.checkpointing.CheckpointTrainer`'s (a :meth:`CrossEncoder.save_pretrained
+  <densekd.encoders.cross_encoder.CrossEncoder.save_pretrained>` folder per checkpoint).
 * :func:`train_cross_encoder` is the one-call entry point; the returned model predicts raw logits.
 """
 
@@ -22,14 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments, set_seed
 
 from densekd.data.types import Corpus, Queries, TrainGroup
-from densekd.encoders.cross_encoder import CrossEncoder
-from densekd.training._saving import TRAINING_ARGS_JSON, save_pretrained_checkpoint  # noqa: F401 (re-exported)
-from densekd.training.callbacks import EpochSetterCallback
+from densekd.encoders.cross_encoder import CONFIG_NAME, CrossEncoder
+from densekd.losses.contrastive import listwise_loss
+from densekd.losses.pointwise import pointwise_loss
+from densekd.training.checkpointing import TRAINING_ARGS_JSON, CheckpointTrainer  # noqa: F401 (re-exported)
 from densekd.training.collator import repeat_mask
 from densekd.training.dataset import TrainGroupDataset
 from densekd.training.teacher_config import TeacherConfig
@@ -37,53 +40,7 @@ from densekd.training.teacher_config import TeacherConfig
 logger = logging.getLogger(__name__)
 
 
-# ----------------------------------------------------------------------------------------- losses
-def listwise_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Softmax cross-entropy with candidate 0 (the positive) as the target, mean over queries.
-
-    Parameters
-    ----------
-    logits
-        ``float[B, G]`` raw scores, the positive in column 0.
-    mask
-        Optional ``bool[B, G]``; False entries (repeated ids) are left out of the softmax.
-        Column 0 must be True.
-
-    Examples
-    --------
-    >>> round(float(listwise_loss(torch.tensor([[2.0, 1.0, 0.0]]))), 4)   # log(1 + e^-1 + e^-2)
-    0.4076
-    """
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits.float(), target)
-
-
-def pointwise_loss(logits: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Binary cross-entropy with logits (positive = 1, negatives = 0), mean over kept candidates.
-
-    Parameters
-    ----------
-    logits
-        ``float[B, G]`` raw scores, the positive in column 0.
-    mask
-        Optional ``bool[B, G]``; False entries (repeated ids) get no weight.
-
-    Examples
-    --------
-    >>> round(float(pointwise_loss(torch.tensor([[0.0, 0.0]]))), 4)       # log 2
-    0.6931
-    """
-    labels = torch.zeros_like(logits, dtype=torch.float32)
-    labels[:, 0] = 1.0
-    per_pair = F.binary_cross_entropy_with_logits(logits.float(), labels, reduction="none")
-    if mask is None:
-        return per_pair.mean()
-    weights = mask.to(per_pair.dtype)
-    return (per_pair * weights).sum() / weights.sum()
-
-
+#: ``TeacherConfig.loss`` -> the loss over the raw logits ``[B, G]`` (positive in column 0) and mask
 LOSSES: dict[str, Callable[[Tensor, Tensor | None], Tensor]] = {
     "listwise": listwise_loss, "pointwise": pointwise_loss}
 
@@ -137,7 +94,7 @@ class PairCollator:
 
 
 # ----------------------------------------------------------------------------------------- trainer
-class CrossEncoderTrainer(Trainer):
+class CrossEncoderTrainer(CheckpointTrainer):
     """HF ``Trainer`` for a :class:`CrossEncoder` on (query, positive, negatives) groups.
 
     Parameters
@@ -145,7 +102,7 @@ class CrossEncoderTrainer(Trainer):
     model
         The cross-encoder to fine-tune.
     args
-        A :class:`TeacherConfig` (its ``loss`` picks :func:`listwise_loss` or :func:`pointwise_loss`).
+        A :class:`TeacherConfig` (its ``loss`` picks one of :data:`LOSSES`).
     data_collator
         Default: :meth:`PairCollator.from_encoder`.
     **kwargs
@@ -157,20 +114,13 @@ class CrossEncoderTrainer(Trainer):
     >>> trainer.train(); trainer.save_model("out/final")                          # doctest: +SKIP
     """
 
-    # the losses are per-micro-batch means: let Trainer divide by the accumulation steps
-    loss_is_scaled_for_ga = False
+    checkpoint_marker = CONFIG_NAME
 
     def __init__(self, model: CrossEncoder, args: TeacherConfig, data_collator: Any = None, **kwargs: Any):
         if not isinstance(args, TeacherConfig):
             raise TypeError(f"CrossEncoderTrainer needs a TeacherConfig, got {type(args).__name__}")
-        super().__init__(model=model, args=args, data_collator=data_collator or PairCollator.from_encoder(model),
-                         **kwargs)
+        super().__init__(model, args, data_collator=data_collator or PairCollator.from_encoder(model), **kwargs)
         self.loss_fn = LOSSES[args.loss]
-        # CrossEncoder.forward takes no labels, so HF's prediction_step would not route evaluate()
-        # through compute_loss without this
-        self.can_return_loss = True
-        if hasattr(self.train_dataset, "set_epoch"):
-            self.add_callback(EpochSetterCallback(self.train_dataset))
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Tensor | int | None = None) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
@@ -180,12 +130,6 @@ class CrossEncoderTrainer(Trainer):
         logits = model(inputs["pairs"]).view(mask.shape)                 # [B*G] -> [B, G]
         loss = self.loss_fn(logits, mask)
         return (loss, {"logits": logits}) if return_outputs else loss
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write a :meth:`CrossEncoder.save_pretrained` folder and ``training_args.json`` (no pickle)."""
-        save_pretrained_checkpoint(self, output_dir, state_dict,
-                                   "CrossEncoderTrainer saves through CrossEncoder.save_pretrained; sharded "
-                                   "states (DeepSpeed ZeRO-3, FSDP) are not supported: use DDP")
 
 
 class EvalFnCallback(TrainerCallback):
@@ -225,7 +169,7 @@ def train_cross_encoder(groups: Sequence[TrainGroup], queries: Queries, corpus: 
         head); ``None`` = bundled all-MiniLM-L6-v2 with a new head.
     eval_fn
         Optional ``model -> {metric: value}`` run at every epoch end (e.g. re-rank a dev run with
-        :func:`densekd.teachers.cross_encoder.rerank` and :func:`densekd.eval.metrics.evaluate`).
+        :func:`densekd.teachers.rerank.rerank` and :func:`densekd.eval.metrics.evaluate`).
     resume_from_checkpoint
         A ``checkpoint-N`` folder of an interrupted run with the same ``config`` (``save_strategy``
         ``"steps"``): weights, optimizer, scheduler, RNG states and data position are restored, so

@@ -13,10 +13,9 @@ Data contract
   place that talks to ``torch.distributed``); ``teacher[B, G]`` raw logits; ``mask[B, G]``; and
   ``weights[B]`` when the batch carries instance weights (e.g. self-paced weight mode).
 * Saving: every checkpoint and ``save_model`` folder is a :meth:`DenseEncoder.save_pretrained` folder
-  (safetensors) plus ``training_args.json``; never a pickled model. HF's own loaders expect
-  ``model.safetensors`` with the wrapper's parameter names and would *silently* load nothing from it
-  (non-strict), so resuming and ``load_best_model_at_end`` go through ``DenseEncoder.from_pretrained``
-  and a strict ``load_state_dict`` instead (the two ``_load_*`` overrides).
+  (safetensors) plus ``training_args.json``; never a pickled model. Resuming and
+  ``load_best_model_at_end`` load it strictly through the model class's ``from_pretrained``
+  (:class:`~densekd.training.checkpointing.CheckpointTrainer`, the base of every densekd trainer).
 
 Models with several score heads
 -------------------------------
@@ -55,20 +54,17 @@ normalised per micro-batch for the same reason.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import Trainer
 
 from densekd.encoders.dense import CONFIG_NAME, DenseEncoder
 from densekd.index.passage_table import PassageEmbeddingTable
 from densekd.losses import InBatchScores, ScoreBatch, WeightedSum, build_loss, global_in_batch, group_scores
 from densekd.losses.combine import TOTAL_KEY
-from densekd.training._saving import TRAINING_ARGS_JSON, save_pretrained_checkpoint  # noqa: F401 (re-exported)
-from densekd.training.callbacks import EpochSetterCallback
+from densekd.training.checkpointing import TRAINING_ARGS_JSON, CheckpointTrainer  # noqa: F401 (re-exported)
 from densekd.training.collator import DistillCollator
 from densekd.training.config import DistillConfig
 
@@ -85,7 +81,7 @@ def freeze_passage_side(encoder: DenseEncoder) -> None:
         encoder.projection.requires_grad_(False)
 
 
-class DistillTrainer(Trainer):
+class DistillTrainer(CheckpointTrainer):
     """HF ``Trainer`` that distils teacher scores into a :class:`DenseEncoder` (module docstring).
 
     Parameters
@@ -112,8 +108,7 @@ class DistillTrainer(Trainer):
     >>> trainer.train(); trainer.save_model("out/final")                           # doctest: +SKIP
     """
 
-    # our losses are per-micro-batch means: let Trainer divide by the accumulation steps (module doc)
-    loss_is_scaled_for_ga = False
+    checkpoint_marker = CONFIG_NAME
 
     def __init__(self, model: DenseEncoder, args: DistillConfig, loss_fn: WeightedSum | None = None,
                  passage_embeddings: Any = None, data_collator: Any = None, **kwargs: Any):
@@ -133,17 +128,12 @@ class DistillTrainer(Trainer):
         elif query_only and getattr(data_collator, "tokenize_passage", None) is not None:
             raise ValueError("train_mode='query_only' reads passage vectors from the table: build the "
                              "collator with tokenize_passage=None")
-        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        super().__init__(model, args, data_collator=data_collator, **kwargs)
         self.loss_fn = build_loss(args.loss) if loss_fn is None else loss_fn
         _check_score_heads(self.loss_fn, model)
         self.passage_table = table
-        # without labels HF's prediction_step only routes through compute_loss when the model "can
-        # return a loss"; DenseEncoder.forward cannot, so evaluate() would call it with our batch keys
-        self.can_return_loss = True
         self._component_sums: dict[str, Tensor] = {}
         self._component_steps = 0
-        if hasattr(self.train_dataset, "set_epoch"):
-            self.add_callback(EpochSetterCallback(self.train_dataset))
 
     @staticmethod
     def _setup_mode(model: DenseEncoder, passage_embeddings: Any, query_only: bool) -> Any:
@@ -234,27 +224,6 @@ class DistillTrainer(Trainer):
             means = self.accelerator.reduce(means, reduction="mean")
         self._component_sums, self._component_steps = {}, 0
         return {f"loss_{n}": round(float(v), 4) for n, v in zip(names, means.tolist())}
-
-    # ------------------------------------------------------------------------------------- saving
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """Write a :meth:`DenseEncoder.save_pretrained` folder and ``training_args.json``."""
-        save_pretrained_checkpoint(self, output_dir, state_dict,
-                                   "DistillTrainer saves through DenseEncoder.save_pretrained; sharded "
-                                   "states (DeepSpeed ZeRO-3, FSDP, SageMaker MP) are not supported: use DDP")
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
-        """Restore encoder weights from a :meth:`_save` folder (strict: every parameter must match)."""
-        if not os.path.isfile(os.path.join(resume_from_checkpoint, CONFIG_NAME)):
-            raise ValueError(f"{resume_from_checkpoint} is not a DistillTrainer checkpoint (no {CONFIG_NAME})")
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        saved = type(target).from_pretrained(resume_from_checkpoint)  # e.g. ErnieSearchModel: its heads too
-        # a shared encoder's state dict lists the tower under both prefixes, so shared and untied
-        # (query_only) checkpoints have the same keys
-        target.load_state_dict(saved.state_dict(), strict=True)
-
-    def _load_best_model(self) -> None:
-        """``load_best_model_at_end`` through the same strict loader as resuming."""
-        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
 
 def head_score_batch(heads: Mapping[str, Any], teacher: Tensor | None, mask: Tensor | None,
