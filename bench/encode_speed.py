@@ -115,8 +115,8 @@ class StWorker:
         self.ask(cmd="load", name=name, backend=backend, max_length=max_length)
 
         def encode(texts: list[str], batch_size: int) -> tuple[np.ndarray, float]:
-            key = id(texts)
-            if key not in self._texts:  # written once per list, not timed
+            key = hashlib.sha1("\x00".join(texts).encode()).hexdigest()
+            if key not in self._texts:  # written once per text list, not timed
                 self._texts[key] = self.scratch / f"texts-{len(self._texts)}.json"
                 self._texts[key].write_text(json.dumps(texts))
             out = self.scratch / f"{name}.npy"
@@ -346,6 +346,7 @@ def main() -> None:
                 f"({result['st_environment']['int8_config']}), run in a second environment "
                 f"(sentence-transformers {result['st_environment']['sentence-transformers']}, optimum-onnx "
                 f"{result['st_environment']['optimum-onnx']}, transformers {result['st_environment']['transformers']}); ")
+             + ("`st-onnx-int8`'s quality is measured on its own vectors; the other " if st_worker is not None else "")
              + "sentence-transformers rows take their quality from "
              f"their densekd twin (max |diff| st-torch vs densekd-torch: "
              f"{result['cosine_to_fp32'][main_len]['st-torch']['max_abs_diff']:.1e}).\n\n"
