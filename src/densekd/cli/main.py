@@ -38,7 +38,7 @@ from densekd.data.io import DataFormatError
 from densekd.encoders.deps import MissingDependencyError
 
 # Module names under densekd.cli.commands, in the order `densekd --help` lists them.
-COMMANDS: list[str] = ["run", "mine", "train_teacher", "annotate", "train", "index", "search", "evaluate"]
+COMMANDS: list[str] = ["run", "mine", "train_teacher", "annotate", "train", "index", "search", "evaluate", "qad"]
 
 EPILOG = """\
 typical workflow:

@@ -77,6 +77,10 @@ RULES: dict[str, Rule] = {
     "chunk_size": AT_LEAST_1,
     "num_shards": AT_LEAST_1,
     "shard_index": NON_NEGATIVE,
+    # densekd qad
+    "passages": AT_LEAST_1,
+    "held_out": NON_NEGATIVE,
+    "score_weight": NON_NEGATIVE,
 }
 
 
