@@ -21,15 +21,6 @@ LAYERS = ["data", "scores", "eval", "losses", "encoders", "index", "teachers", "
           "pipeline", "cli"]
 MAX_LINES = 400
 
-# Findings that are being fixed elsewhere (refactor issue 16, parts B and C). Each one is expected to
-# be present (a strict xfail): once it is fixed, its test XPASSes and fails, so the entry must be removed.
-# The merger empties this list; anything not on it fails test_no_new_layer_findings.
-KNOWN_FINDINGS: list[str] = [
-    "file circle: densekd.training.trainer -> densekd.training.callbacks -> densekd.training.trainer",
-    "file circle: densekd.index.encode -> densekd.index.shards -> densekd.index.encode",
-    "upward import: densekd.encoders.ernie (encoders) imports densekd.index.token_states (index)",
-    "package circle: encoders -> index -> encoders",
-]
 
 
 def _module_name(path: Path) -> str:
@@ -118,16 +109,8 @@ def test_source_tree_is_found():
     assert (SRC / "__init__.py").is_file() and (SRC / "scores" / "__init__.py").is_file()
 
 
-def test_no_new_layer_findings(findings):
-    new = [f for f in findings if f not in KNOWN_FINDINGS]
-    assert not new, "layering breaches (see tests/test_layers.py for the rules):\n" + "\n".join(new)
-
-
-@pytest.mark.parametrize("finding", [pytest.param(f, marks=pytest.mark.xfail(
-    strict=True, reason="known; fixed in another part of the refactor")) for f in KNOWN_FINDINGS])
-def test_known_finding_is_gone(findings, finding):
-    """XPASS (a failure, strict) once the finding is fixed: then delete it from KNOWN_FINDINGS."""
-    assert finding not in findings
+def test_no_layer_findings(findings):
+    assert not findings, "layering breaches (see tests/test_layers.py for the rules):\n" + "\n".join(findings)
 
 
 def test_checks_catch_what_they_should(tmp_path, monkeypatch):
