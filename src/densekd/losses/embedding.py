@@ -42,8 +42,8 @@ def embedding_distillation_loss(student: Tensor, teacher: Tensor, *, temperature
     --------
     >>> import torch
     >>> x = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
-    >>> round(embedding_distillation_loss(x, x)["loss"].item(), 6)
-    0.0
+    >>> abs(embedding_distillation_loss(x, x)["loss"].item()) < 1e-6
+    True
     """
     if student.shape != teacher.shape or student.dim() != 2:
         raise ValueError(f"embedding distillation needs two [B, D] tensors of one shape, got "
