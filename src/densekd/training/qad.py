@@ -28,18 +28,19 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
 from densekd.encoders.dense import DenseEncoder
 from densekd.encoders.fake_quant import add_fake_quant, strip_fake_quant
 from densekd.losses.embedding import embedding_distillation_loss
+from densekd.training.arguments import DensekdArguments
 
 
 @dataclass
-class QadConfig(TrainingArguments):
-    """Training arguments of :func:`quantization_aware_distill` (``TrainingArguments`` + QAD settings).
+class QadConfig(DensekdArguments):
+    """Training arguments of :func:`quantization_aware_distill` (the shared densekd base + QAD settings).
 
-    Defaults changed from ``TrainingArguments``: a small learning rate (the student starts at the
+    Defaults changed further: a small learning rate (the student starts at the
     teacher: only the rounding error is to be undone), a fixed number of steps, no checkpoints
     (the result is saved by the caller), nothing reported anywhere.
     """
@@ -53,12 +54,9 @@ class QadConfig(TrainingArguments):
     warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up steps (a fraction < 1 of max_steps)."})
     logging_steps: float = field(default=20, metadata={"help": "Log every X optimizer steps."})
     save_strategy: str = field(default="no", metadata={"help": "No Trainer checkpoints: the caller saves."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False: items are texts."})
-    report_to: None | str | list[str] = field(default="none", metadata={"help": "Integrations ('none' = none)."})
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()
+    def validate(self) -> None:
+        """QAD's own fields (the base calls this after its shared checks)."""
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if not self.score_weight >= 0:
