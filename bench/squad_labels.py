@@ -200,13 +200,20 @@ def gold_groups(ctx: QAContext, run: dict, positives: dict[str, list[str]]) -> t
     return groups, {**stats.as_dict(), "questions_without_gold": len(run) - len(groups)}
 
 
-def oracle_groups(ctx: QAContext, run: dict) -> tuple[list[TrainGroup], dict]:
-    """BM25's top ``k`` scored 1 / 0 by "holds an answer string"; questions with no such passage dropped."""
+def oracle_groups(ctx: QAContext, run: dict, listwise: bool) -> tuple[list[TrainGroup], dict]:
+    """BM25's top ``k`` scored 1 / 0 by "holds an answer string"; questions with no such passage dropped.
+
+    ``listwise`` (the KL row): the loop's group, the first answer-holding passage then the other ``k - 1``
+    in retrieval order, all scored. Otherwise (InfoNCE): every answer-holding passage a positive, the
+    others negatives.
+    """
     groups = []
     for qid in ctx.train_qids:
         scores = {p.id: float(has_answer(p.text, ctx.queries[qid].answers)) for p in ctx.passages(run, qid)}
         pos = [p for p, s in scores.items() if s > 0]
-        if pos:
+        if pos and listwise:
+            groups.append(TrainGroup(qid, pos[:1], [p for p in scores if p != pos[0]], scores))
+        elif pos:
             groups.append(TrainGroup(qid, pos, [p for p, s in scores.items() if s == 0], scores))
     n = len(ctx.train_qids)
     return groups, {"groups": len(groups), "dropped_no_answer_in_top_k": n - len(groups),
@@ -221,7 +228,7 @@ def row_groups(ctx: QAContext, row: str, run: dict, positives: dict[str, list[st
     if row == "gold":
         groups, stats = gold_groups(ctx, run, positives)
         return groups, stats, nce, "none"
-    groups, stats = oracle_groups(ctx, run)
+    groups, stats = oracle_groups(ctx, run, listwise=row == "oracle_kl")
     if row == "oracle_kl":
         return groups, stats, r.loss, ctx.cfg.teacher.normalize
     return groups, stats, nce, "none"
