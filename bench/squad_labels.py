@@ -422,13 +422,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 if row not in s:
                     continue
                 n = max(len(x["epochs"]) for x in s[row]["seeds"])
-                ys = [np.mean([x["epochs"][e][part]["answer_recall@1"] for x in s[row]["seeds"] if len(x["epochs"]) > e])
-                      for e in range(n)]
-                ax.plot(range(1, n + 1), ys, ls=ls, marker="o", color=colours[row],
+                ys = [s["zeroshot"][part]["answer_recall@1"]]  # epoch 0: the start model
+                ys += [np.mean([x["epochs"][e][part]["answer_recall@1"] for x in s[row]["seeds"]
+                                if len(x["epochs"]) > e]) for e in range(n)]
+                ax.plot(range(n + 1), ys, ls=ls, marker="o", color=colours[row],
                         label=f"{LABELS[row]} ({part})" if part == "dev" else None)
         ax.set_title(f"{name}: answer R@1, dev (solid) / held-out articles (dashed);\n"
                      "grey: zero-shot MiniLM, black: BM25", fontsize=9)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (0 = zero-shot; mean over seeds)")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel("answer recall@1")
         ax.legend(fontsize=7)
     fig.tight_layout()
