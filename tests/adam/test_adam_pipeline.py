@@ -103,6 +103,44 @@ def test_adam_query_only_reads_dark_examples_from_frozen_vectors(tmp_path, toy_b
     assert second["steps"]["encode:extra"]["cached"] and second["rows"] == first["rows"]
 
 
+@pytest.mark.parametrize("member", ["bm25", "dense"])
+def test_every_teacher_member_scores_dark_examples(tmp_path, toy_beir_dir, tiny_bert_path, member):
+    """Without a cross-encoder the fused signal's members score the dark texts themselves: BM25 with the
+    corpus statistics, the dense member from the frozen vectors. With one member the fused signal is its
+    per-query z-score, so it ranks every candidate (dark ones included) exactly as the member does."""
+    import numpy as np
+
+    from densekd.pipeline import steps
+    from densekd.pipeline.candidates import mined_groups
+    from densekd.pipeline.teacher_signal import fuse_groups
+
+    path = _config(tmp_path, toy_beir_dir, tiny_bert_path, train_mode="query_only", **ADAM)
+    cfg = load_config(path, [f"teacher.fusion={{{member}: 1.0}}", "mining.retrieval=bm25+dense"], PipelineConfig)
+    m = mined_groups(cfg)
+    dark = steps.dark_examples(m.ctx, m.groups, m.groups, m.mined_key, None)
+    assert all(g.teacher_scores is None for g in dark) and any(g.extra_passages for g in dark)
+    table = steps.query_only_table(m.ctx, dark, m.store, cfg.student.model, cfg.student.passage_max_length)
+    fused = fuse_groups(m.ctx, dark, m.base_encoder, table)
+    index = m.ctx.__dict__["_bm25_index"] if member == "bm25" else None
+    for g in fused:
+        cands = g.pos_ids + g.neg_ids
+        assert set(g.teacher_scores) == set(cands) and all(np.isfinite(list(g.teacher_scores.values())))
+        query = {g.qid: m.ctx.queries[g.qid].text}
+        texts = {pid: g.extra_passages[pid] if pid in (g.extra_passages or {}) else m.ctx.corpus[pid].full_text()
+                 for pid in cands}
+        if member == "bm25":
+            own = index.score_texts(query, {g.qid: texts})[g.qid]
+        else:
+            q = m.base_encoder.encode_queries([query[g.qid]])[0]
+            p = m.base_encoder.encode_passages([texts[pid] for pid in cands], batch_size=4, show_progress=False)
+            own = dict(zip(cands, (p @ q).tolist()))
+        negs = g.neg_ids  # the judged positive is lifted above them (teacher.positive_margin)
+        for a in negs:
+            for b in negs:
+                if own[a] > own[b] + 1e-4:
+                    assert g.teacher_scores[a] > g.teacher_scores[b], (g.qid, a, b)
+
+
 def test_adam_sections_are_off_by_default_and_keep_old_student_keys():
     student = StudentSection()
     assert not student.dark_examples.enabled and not student.self_paced.enabled
@@ -126,7 +164,6 @@ def test_pipeline_sections_mirror_the_library_configs(section, library):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["student.dark_examples.enabled=true", "teacher.fusion={cross_encoder: 1.0, bm25: 0.5}"], "bm25"),
     (["student.dark_examples.enabled=true", "student.dark_examples.mix_fraction=1.5"], "mix_fraction"),
     (["student.self_paced.enabled=true", "student.self_paced.schedule=cosine"], "schedule"),
 ])
@@ -140,9 +177,12 @@ def test_scifact_adam_config_shares_the_kd_data_and_cache():
     root = Path(__file__).resolve().parents[2] / "configs"
     adam = load_config(root / "scifact-adam.yaml", [], PipelineConfig)
     kd = load_config(root / "scifact-kd.yaml", [], PipelineConfig)
-    # the same data and one-time caches (corpus vectors, BM25); ADAM keeps the cross-encoder teacher,
-    # since its dark examples (texts outside the corpus) have no BM25 or cached dense score
-    assert (adam.data, adam.cache_dir) == (kd.data, kd.cache_dir)
-    assert adam.teacher.fusion == {"cross_encoder": 1.0}
-    assert adam.student.dark_examples.enabled and not adam.student.self_paced.enabled  # chosen on dev
+    # the same data, one-time caches, candidates and teacher: every teacher member scores the dark examples,
+    # so ADAM distils the scifact-kd teacher and differs from it only in the student's candidate lists
+    assert (adam.data, adam.cache_dir, adam.mining, adam.teacher) == (kd.data, kd.cache_dir, kd.mining, kd.teacher)
+    assert {k: v for k, v in dataclasses.asdict(adam.student).items() if k not in ("dark_examples", "self_paced")} \
+        == {k: v for k, v in dataclasses.asdict(kd.student).items() if k not in ("dark_examples", "self_paced")}
+    assert adam.student.dark_examples.enabled and not adam.student.self_paced.enabled
+    # edits land in what the student reads
+    assert adam.student.dark_examples.max_tokens <= adam.student.passage_max_length - 2
     assert adam.output_dir != kd.output_dir

@@ -78,7 +78,8 @@ def test_custom_tokenizer_settings_survive_save(tmp_path):
     index = BM25Index(stemmer=None, stopwords=None).index([Passage("a", "the running"), Passage("b", "run")],
                                                           show_progress=False)
     index.save(tmp_path / "i")
-    assert json.loads((tmp_path / "i" / "tokenizer.json").read_text()) == {"stemmer": None, "stopwords": None}
+    assert json.loads((tmp_path / "i" / "tokenizer.json").read_text()) == {"stemmer": None, "stopwords": None,
+                                                                         "avg_doc_len": 1.5}
     loaded = BM25Index.load(tmp_path / "i")
     # Without stemming "run" does not match "running"; without stop words "the" is a term.
     assert list(loaded.search({"q": "run"}, show_progress=False)["q"]) == ["b"]
@@ -164,3 +165,44 @@ def test_score_is_the_exact_bm25_score_of_any_candidate(toy, toy_index):
     assert below and all(scored[p] <= min(top1.values()) for p in below)
     with pytest.raises(KeyError, match="not in the BM25 index"):
         toy_index.score(query, {"q": ["no-such-passage"]})
+
+
+def test_score_texts_of_a_corpus_passage_equals_its_indexed_score(toy, toy_index):
+    """A text outside the index is scored as one more corpus document: a passage's own text (repeated query
+    terms included) gets exactly the score the index holds for it."""
+    corpus = toy[0]
+    queries = {"q1": "aspirin heart attack risk", "q2": "heart heart and aspirin"}
+    ids = list(corpus)
+    texts = {qid: {f"copy-{pid}": corpus[pid].full_text() for pid in ids} for qid in queries}
+    indexed = toy_index.score(queries, {qid: ids for qid in queries})
+    outside = toy_index.score_texts(queries, texts)
+    for qid in queries:
+        assert any(v > 0 for v in indexed[qid].values())
+        for pid in ids:
+            assert outside[qid][f"copy-{pid}"] == pytest.approx(indexed[qid][pid], rel=1e-5, abs=1e-6)
+
+
+def test_score_texts_uses_the_corpus_statistics(toy_index):
+    """Adding a query term to a text raises its score; a text sharing no term scores 0; scoring texts
+    never changes the index (the same text scores the same before and after)."""
+    q = {"q": "aspirin"}
+    before = toy_index.score_texts(q, {"q": {"a": "daily aspirin use", "b": "nothing in common", "c": ""}})["q"]
+    more = toy_index.score_texts(q, {"q": {"a2": "daily aspirin aspirin use"}})["q"]
+    assert before["b"] == 0.0 and before["c"] == 0.0 and before["a"] > 0
+    assert more["a2"] > before["a"]
+    assert toy_index.score_texts(q, {"q": {"a": "daily aspirin use"}})["q"]["a"] == before["a"]
+
+
+def test_score_texts_survives_save_and_refuses_what_it_cannot_do(toy, toy_index, tmp_path):
+    toy_index.save(tmp_path / "idx")
+    loaded = BM25Index.load(tmp_path / "idx")
+    q, texts = {"q": "aspirin heart"}, {"q": {"t": "aspirin for the heart"}}
+    assert loaded.score_texts(q, texts) == toy_index.score_texts(q, texts)
+    tok = tmp_path / "idx" / "tokenizer.json"  # a folder written before the mean length was kept
+    tok.write_text(json.dumps({k: v for k, v in json.loads(tok.read_text()).items() if k != "avg_doc_len"}))
+    old = BM25Index.load(tmp_path / "idx")
+    assert old.search(q, k=3, show_progress=False) == loaded.search(q, k=3, show_progress=False)
+    with pytest.raises(RuntimeError, match="mean document length"):
+        old.score_texts(q, texts)
+    with pytest.raises(ValueError, match="lucene"):
+        BM25Index(method="atire").index(toy[0], show_progress=False).score_texts(q, texts)

@@ -14,8 +14,10 @@ On-disk format (a folder, written atomically: built under a temporary name, then
 * the files of ``bm25s.BM25.save`` (``data/indices/indptr.csc.index.npy``, ``vocab.index.json``,
   ``params.index.json``, ...), never pickled;
 * ``ids.npy``: passage ids, a 1-D unicode array, row ``i`` = bm25s document ``i``;
-* ``tokenizer.json``: ``{"stemmer": str | null, "stopwords": str | list[str] | null}``, so that
-  queries are tokenised after loading exactly as the corpus was.
+* ``tokenizer.json``: ``{"stemmer": str | null, "stopwords": str | list[str] | null,
+  "avg_doc_len": float}``, so that queries are tokenised after loading exactly as the corpus was, and
+  texts outside the corpus can be scored with its statistics (:meth:`BM25Index.score_texts`; folders
+  written before ``avg_doc_len`` was kept load and search as before, and refuse ``score_texts``).
 
 Example
 -------
@@ -89,6 +91,7 @@ class BM25Index:
         self._stemmer = Stemmer.Stemmer(stemmer) if stemmer else None
         self._bm25: bm25s.BM25 | None = None
         self.ids: list[str] = []
+        self.avg_doc_len: float | None = None  # mean tokens per document, for texts outside the corpus
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -127,6 +130,7 @@ class BM25Index:
         self._bm25 = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
         self._bm25.index((token_ids, vocab), show_progress=False)
         self.ids = ids
+        self.avg_doc_len = float(np.mean([len(doc) for doc in tokens]))
         return self
 
     def _require_index(self) -> bm25s.BM25:
@@ -184,6 +188,48 @@ class BM25Index:
             out[qid] = {p: float(s) for p, s in zip(candidates[qid], scores)}
         return out
 
+    def score_texts(self, queries: Queries | Mapping[str, str],
+                    texts: Mapping[str, Mapping[str, str]]) -> Run:
+        """BM25 score of texts that need not be in the corpus, with the corpus's statistics.
+
+        ``texts[qid]`` maps text ids to texts (e.g. ADAM dark examples, which exist only in training
+        groups). Each text is scored as if it were one more document of the indexed corpus that does
+        not change its statistics: the corpus's document frequencies and mean document length, the
+        text's own term counts and length (tokenised as the corpus was). A corpus passage's own text
+        gets the score :meth:`score` gives it (up to float32 rounding).
+
+        Only the ``"lucene"`` and ``"robertson"`` variants (the same term weighting in bm25s) are
+        supported; others raise ``ValueError``. ``RuntimeError`` for an index loaded from a folder
+        written without the mean document length.
+        """
+        bm25 = self._require_index()
+        if self.method not in ("lucene", "robertson"):
+            raise ValueError(f"score_texts supports the lucene and robertson BM25 variants, not {self.method!r}")
+        if self.avg_doc_len is None:
+            raise RuntimeError("this BM25 index was saved without its mean document length: rebuild it with "
+                               ".index(corpus) to score texts outside the corpus")
+        indptr = np.asarray(bm25.scores["indptr"])
+        n_docs = len(self.ids)
+        out: Run = {}
+        for qid, docs in texts.items():
+            query = queries[qid]
+            q_tokens = self._tokenize([query.text if isinstance(query, Query) else query], show_progress=False)[0]
+            # a term the corpus lacks has no idf; a repeated query term counts each time, as in score()
+            terms = [t for t in q_tokens if t in bm25.vocab_dict]
+            doc_ids = list(docs)
+            doc_tokens = self._tokenize([docs[d] for d in doc_ids], show_progress=False) if doc_ids else []
+            out[qid] = {}
+            for did, tokens in zip(doc_ids, doc_tokens):
+                norm = self.k1 * (1 - self.b + self.b * len(tokens) / self.avg_doc_len)
+                score = 0.0
+                for t in terms:
+                    tf = tokens.count(t)
+                    if tf:
+                        df = int(indptr[bm25.vocab_dict[t] + 1] - indptr[bm25.vocab_dict[t]])
+                        score += math.log(1 + (n_docs - df + 0.5) / (df + 0.5)) * tf / (tf + norm)
+                out[qid][did] = float(score)
+        return out
+
     def _search_one(self, bm25: bm25s.BM25, tokens: list[str], k: int) -> dict[str, float]:
         token_ids = [bm25.vocab_dict[t] for t in tokens if t and t in bm25.vocab_dict]
         if not token_ids:
@@ -205,7 +251,8 @@ class BM25Index:
         with atomic_dir(path) as tmp:
             bm25.save(str(tmp), show_progress=False)
             save_ids(tmp / IDS_FILE, self.ids)
-            write_json(tmp / TOKENIZER_FILE, {"stemmer": self.stemmer_name, "stopwords": self.stopwords})
+            write_json(tmp / TOKENIZER_FILE, {"stemmer": self.stemmer_name, "stopwords": self.stopwords,
+                                              "avg_doc_len": self.avg_doc_len})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BM25Index:
@@ -232,4 +279,5 @@ class BM25Index:
         params: dict[str, Any] = {"k1": bm25.k1, "b": bm25.b, "method": bm25.method}
         index = cls(**params, stemmer=tok_cfg.get("stemmer"), stopwords=tok_cfg.get("stopwords"))
         index._bm25, index.ids = bm25, ids
+        index.avg_doc_len = tok_cfg.get("avg_doc_len")
         return index

@@ -308,8 +308,9 @@ class StudentSection:
     colbert_dim
         Size of the ColBERT token projection (``architecture: ernie`` only).
     dark_examples
-        ADAM dark examples (:class:`DarkExamplesSection`; off by default). They are scored by the
-        teacher in the annotate step; full ``train_mode`` and a cross-encoder-only teacher signal only.
+        ADAM dark examples (:class:`DarkExamplesSection`; off by default). Every teacher member scores
+        them like any candidate: the cross-encoder in the annotate step, BM25 with the corpus
+        statistics, the dense members from their frozen vectors (encoded once and cached).
     self_paced
         ADAM self-paced distillation (:class:`SelfPacedSection`; off by default).
     save_steps
@@ -390,10 +391,3 @@ class PipelineConfig:
                 and self.student.dark_examples.enabled):
             raise ValueError("student.architecture=ernie with train_mode=query_only reads passage token states from "
                              "the corpus cache, which has no dark examples: use train_mode=full")
-        if self.student.dark_examples.enabled:
-            # dark examples exist only in the training groups: no BM25 score, no cached corpus vector
-            # (query_only encodes them once with the frozen passage tower: steps.query_only_table)
-            other = sorted(k for k, w in self.teacher.fusion.items() if w > 0 and k != "cross_encoder")
-            if other:
-                raise ValueError(f"student.dark_examples needs a cross-encoder-only teacher signal; the fusion also "
-                                 f"uses {other}, which have no scores for dark examples")

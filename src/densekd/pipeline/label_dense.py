@@ -94,7 +94,8 @@ class LabelDense:
         """Mean cosine over seeds of each query's candidates; a training query is scored by the members
         that never saw it, any other query by the members trained on all training queries.
 
-        ``store`` has ``.ids`` and ``.embeddings[N, D]`` (the frozen passage vectors every member shares).
+        ``store`` holds the frozen passage vectors every member shares (``.embeddings[N, D]`` with
+        ``.ids`` or ``.row_of``; rows for ADAM dark examples too when they are candidates).
         """
         by_members: dict[int, dict[str, Sequence[str]]] = {}
         for qid, cands in candidates.items():

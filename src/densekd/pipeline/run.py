@@ -62,7 +62,7 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
 
     m = mined_groups(cfg, with_store=until in (None, "student"))  # query_only students read the store
     ctx, eval_run, bm25_key = m.ctx, m.eval_run, m.bm25_key
-    base, base_encoder, zero_shot_store = cfg.student.model, m.base_encoder, m.store
+    base_encoder, zero_shot_store = m.base_encoder, m.store
     groups, mined_key = m.groups, m.mined_key
     ctx.out.mkdir(parents=True, exist_ok=True)
     uses = cfg.teacher.uses
@@ -85,10 +85,7 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
         scored = steps.dark_examples(ctx, groups, scored, mined_key, scorer)
     if until == "annotate":
         return {"steps": ctx.timings}
-    scored = steps.fuse_groups(ctx, scored, base_encoder, zero_shot_store, label_dense)
-    store = zero_shot_store
-    if cfg.student.train_mode == "query_only":  # dark examples need frozen vectors too
-        store = steps.query_only_table(ctx, scored, zero_shot_store, base, cfg.student.passage_max_length)
+    scored, store = fused_groups(ctx, scored, base_encoder, zero_shot_store, label_dense)
     model_dir, student_summary = train_student(ctx, scored, store)
     if until == "student":
         return {"steps": ctx.timings, "student": student_summary}
@@ -106,6 +103,24 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     write_json(ctx.out / "metrics.json", result)
     _write_report(ctx, result, scored, model_dir.parent)
     return result
+
+
+def fused_groups(ctx: steps.Context, scored: list[TrainGroup], base_encoder: Any, zero_shot_store: Any,
+                 label_dense: Any = None) -> tuple[list[TrainGroup], Any]:
+    """The training groups with the configured fused teacher signal, and what the student trains against.
+
+    ``scored``: the mined groups, with cross-encoder logits when the fusion weighs one, and ADAM dark
+    examples (``extra_passages``) when configured. Returns the groups with fused ``teacher_scores`` and
+    the passage vectors of a ``query_only`` student (the zero-shot corpus vectors, plus the dark
+    examples' frozen vectors when there are any; ``zero_shot_store`` in full mode).
+    """
+    cfg = ctx.cfg
+    frozen = zero_shot_store
+    if cfg.student.train_mode == "query_only" or cfg.teacher.uses & {"dense", "label_dense"}:
+        # dark examples need frozen vectors too: to train against, and for the dense members to score them
+        frozen = steps.query_only_table(ctx, scored, zero_shot_store, cfg.student.model, cfg.student.passage_max_length)
+    fused = steps.fuse_groups(ctx, scored, base_encoder, frozen, label_dense)
+    return fused, frozen if cfg.student.train_mode == "query_only" else zero_shot_store
 
 
 def student_label(loss: dict[str, Any]) -> str:

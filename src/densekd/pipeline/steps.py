@@ -225,14 +225,16 @@ def _tokenizer_id(tokenizer: Any) -> str:
 
 
 def dark_examples(ctx: Context, groups: list[TrainGroup], scored: list[TrainGroup], mined_key: str,
-                  scorer: Any) -> list[TrainGroup]:
-    """Add ADAM dark examples to the annotated groups, scored by the teacher (cached, resumable).
+                  scorer: Any = None) -> list[TrainGroup]:
+    """Add ADAM dark examples to the annotated groups, scored by the cross-encoder (cached, resumable).
 
     The dark examples are built from the mined ``groups`` with the student's tokenizer, and only they
     (plus each query's positives, which :func:`~densekd.teachers.annotate.annotate` needs) are scored,
     into their own annotation file: the scores of the mined candidates come from ``scored``, i.e. the
     same annotation cache as a run without dark examples, so switching ADAM on costs
-    ``n_mixup + n_masked + 1`` teacher pairs per query, not a full re-annotation.
+    ``n_mixup + n_masked + 1`` teacher pairs per query, not a full re-annotation. Without a
+    cross-encoder (``scorer=None``) the groups carry no scores yet: the other teacher members score the
+    dark texts with everything else in :func:`~densekd.pipeline.teacher_signal.fuse_groups`.
     """
     from transformers import AutoTokenizer
 
@@ -244,6 +246,10 @@ def dark_examples(ctx: Context, groups: list[TrainGroup], scored: list[TrainGrou
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(ctx.cfg.student.model))
     start = time.perf_counter()
     with_dark, stats = add_dark_examples_with_stats(groups, ctx.queries, ctx.corpus, tokenizer, cfg)
+    log.info("dark examples: %s", stats.as_dict())
+    if scorer is None:
+        ctx.record("dark", start, False)  # building them takes seconds; their scores are cached downstream
+        return with_dark
     key = cache_key("dark-v1", mined_key, scorer.fingerprint, cfg, _tokenizer_id(tokenizer))
     path = ctx.cache / "dark" / key / "scores.jsonl"
     reused = path.is_file()
@@ -260,7 +266,6 @@ def dark_examples(ctx: Context, groups: list[TrainGroup], scored: list[TrainGrou
         dark_scores = {pid: v for pid, v in dark_scored[g.qid].teacher_scores.items()
                        if pid not in base.teacher_scores}
         out.append(TrainGroup(g.qid, g.pos_ids, g.neg_ids, {**base.teacher_scores, **dark_scores}, g.extra_passages))
-    log.info("dark examples: %s", stats.as_dict())
     ctx.record("dark", start, reused)
     return out
 

@@ -27,37 +27,53 @@ METRICS = ["ndcg@10", "mrr@10", "recall@100", "map"]
 def dense_signal(encoder: Any, store: Any, texts: Mapping[str, str], candidates: Mapping[str, Sequence[str]]) -> Run:
     """Dense scores ``q . p`` of each query's candidates, from stored passage vectors (no passage encoding).
 
-    ``store`` has ``.ids`` and ``.embeddings[N, D]``; every candidate must be one of its ids.
+    ``store`` has ``.embeddings[N, D]`` and either ``.ids`` (an EmbeddingStore) or ``.row_of`` (a
+    :class:`~densekd.index.passage_table.PassageEmbeddingTable`, e.g. the corpus plus ADAM dark
+    examples); every candidate must be one of its ids.
     """
     from densekd.teachers.rerank import dot_scores
 
     qids = list(candidates)
     q = encoder.encode_queries([texts[qid] for qid in qids])
-    return dot_scores(q, qids, candidates, store.embeddings, {pid: i for i, pid in enumerate(store.ids)})
+    rows = getattr(store, "row_of", None)
+    if rows is None:
+        rows = {pid: i for i, pid in enumerate(store.ids)}
+    return dot_scores(q, qids, candidates, store.embeddings, rows)
 
 
-def bm25_scores(ctx: Any, candidates: Mapping[str, Sequence[str]]) -> Run:
-    """Exact BM25 scores of each query's candidates, from an index of ``ctx.corpus`` built once per context."""
+def bm25_scores(ctx: Any, candidates: Mapping[str, Sequence[str]], extra: Mapping[str, str] | None = None) -> Run:
+    """Exact BM25 scores of each query's candidates, from an index of ``ctx.corpus`` built once per context.
+
+    Candidates in ``extra`` (``id -> text``, texts outside the corpus such as ADAM dark examples) are
+    scored with the corpus's statistics (:meth:`~densekd.index.bm25.BM25Index.score_texts`).
+    """
     from densekd.index.bm25 import BM25Index
 
     index = ctx.__dict__.get("_bm25_index")
     if index is None:  # ~1 s for SciFact; the cached BM25 runs hold only each query's top ``depth``
         index = ctx.__dict__["_bm25_index"] = BM25Index().index(ctx.corpus, show_progress=False)
-    return index.score({qid: ctx.queries[qid].text for qid in candidates}, candidates)
+    texts = {qid: ctx.queries[qid].text for qid in candidates}
+    extra = extra or {}
+    corpus_part = index.score(texts, {q: [p for p in c if p not in extra] for q, c in candidates.items()})
+    extra_part = index.score_texts(texts, {q: {p: extra[p] for p in c if p in extra} for q, c in candidates.items()})
+    return {q: {p: (extra_part[q] if p in extra else corpus_part[q])[p] for p in c} for q, c in candidates.items()}
 
 
 def member_scores(ctx: Any, candidates: Mapping[str, Sequence[str]], cross_encoder: Run | None = None,
                   base_encoder: Any = None, store: Any = None, label_dense: Any = None,
-                  weights: Mapping[str, float] | None = None) -> dict[str, Run]:
+                  weights: Mapping[str, float] | None = None, extra: Mapping[str, str] | None = None) -> dict[str, Run]:
     """Each weighted member's scores of each query's candidates (``name -> Run``).
 
     ``cross_encoder`` is a run of raw logits (required when weighted); ``base_encoder``/``store`` serve
     ``dense``, ``label_dense`` (a :class:`~densekd.pipeline.label_dense.LabelDense`) with ``store``.
+    ``extra`` (``id -> text``) lists candidates outside the corpus (ADAM dark examples): BM25 scores
+    their texts with the corpus statistics, the dense members read their rows from ``store``, which
+    must then hold them (:func:`densekd.pipeline.steps.query_only_table`).
     """
     weights = ctx.cfg.teacher.fusion if weights is None else weights
     uses = {n for n, w in weights.items() if w > 0}
     texts = {qid: ctx.queries[qid].text for qid in candidates}
-    out: dict[str, Run] = {"bm25": bm25_scores(ctx, candidates)} if "bm25" in uses else {}
+    out: dict[str, Run] = {"bm25": bm25_scores(ctx, candidates, extra)} if "bm25" in uses else {}
     if "cross_encoder" in uses:
         if cross_encoder is None:
             raise ValueError("teacher.fusion weights cross_encoder but no cross-encoder scores were computed")
@@ -82,13 +98,18 @@ def fuse_run(candidates: Mapping[str, Sequence[str]], signals: Mapping[str, Run]
 
 def fuse_groups(ctx: Any, groups: list[TrainGroup], base_encoder: Any, store: Any,
                 label_dense: Any = None) -> list[TrainGroup]:
-    """Replace each group's cross-encoder logits (if any) by the configured fused teacher signal."""
+    """Replace each group's cross-encoder logits (if any) by the configured fused teacher signal.
+
+    Every member scores every candidate, the groups' ``extra_passages`` (ADAM dark examples) too;
+    ``store`` must then hold their frozen vectors when a dense member is weighted.
+    """
     weights = ctx.cfg.teacher.fusion
     if ctx.cfg.teacher.uses == {"cross_encoder"} and weights["cross_encoder"] == 1.0:
         return groups
     cands = {g.qid: g.pos_ids + g.neg_ids for g in groups}
     ce = {g.qid: g.teacher_scores for g in groups if g.teacher_scores is not None}
-    signals = member_scores(ctx, cands, ce or None, base_encoder, store, label_dense)
+    extra = {pid: text for g in groups for pid, text in (g.extra_passages or {}).items()}
+    signals = member_scores(ctx, cands, ce or None, base_encoder, store, label_dense, extra=extra)
     fused = fuse_run(cands, signals, weights)
     margin = ctx.cfg.teacher.positive_margin
     if margin is not None:
