@@ -164,25 +164,30 @@ class Prepared:
     eval_run: Run
     bm25_key: str
     groups: list[TrainGroup]       # mined, no teacher scores
-    scored: list[TrainGroup]       # annotated (and fused, as the pipeline does)
-    scorer: Any                    # the CrossEncoderTeacher
+    scored: list[TrainGroup]       # with the configured (fused) teacher signal, as the pipeline trains on
+    scorer: Any                    # the CrossEncoderTeacher, or None when the fusion weighs none
     base_encoder: DenseEncoder
     zero_shot_store: Any
+    label_dense: Any = None        # the labels-only dense members, when the fusion weighs them
 
 
 def prepare(cfg: PipelineConfig) -> Prepared:
-    """BM25 runs, mined groups, teacher (trained if missing), annotations, zero-shot embeddings (all cached)."""
-    ctx = steps.load_context(cfg)
-    train_run, eval_run, bm25_key = steps.bm25_runs(ctx)
-    groups, mined_key = steps.mine(ctx, train_run, bm25_key)
-    scorer = steps.teacher(ctx, groups, mined_key)
-    scored = steps.annotate_groups(ctx, groups, mined_key, scorer)
-    base = cfg.student.model
-    base_encoder = DenseEncoder.from_pretrained(base, query_max_length=cfg.student.query_max_length,
+    """BM25 runs, candidates, teacher members (trained if missing), fused teacher scores, zero-shot
+    embeddings: the pipeline's own steps (all cached), for any ``teacher.fusion``."""
+    from densekd.pipeline.candidates import mined_groups
+    from densekd.pipeline.label_dense import train_label_dense
+    from densekd.pipeline.run import fused_groups
+
+    m = mined_groups(cfg)
+    uses = cfg.teacher.uses
+    scorer = steps.teacher(m.ctx, m.groups, m.mined_key) if "cross_encoder" in uses else None
+    scored = steps.annotate_groups(m.ctx, m.groups, m.mined_key, scorer) if scorer is not None else m.groups
+    label_dense = train_label_dense(m.ctx, m.groups, m.store) if "label_dense" in uses else None
+    base_encoder = DenseEncoder.from_pretrained(cfg.student.model, query_max_length=cfg.student.query_max_length,
                                                 passage_max_length=cfg.student.passage_max_length)
-    store = steps.corpus_embeddings(ctx, base, cfg.student.passage_max_length, "zeroshot")
-    scored = steps.fuse_groups(ctx, scored, base_encoder, store)
-    return Prepared(ctx, train_run, eval_run, bm25_key, groups, scored, scorer, base_encoder, store)
+    fused, _ = fused_groups(m.ctx, scored, base_encoder, m.store, label_dense)
+    return Prepared(m.ctx, m.train_run, m.eval_run, m.bm25_key, m.groups, fused, scorer, base_encoder, m.store,
+                    label_dense)
 
 
 # ------------------------------------------------------------------------------- baseline rows

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/ernie_scifact.py                 # full run: 4 trained rows x 3 seeds (~30-40 min, 2 CPU cores)
+    python bench/ernie_scifact.py                 # full run: 4 trained rows x 3 seeds (~50 min, 2 CPU cores)
     python bench/ernie_scifact.py --smoke         # tiny end-to-end check -> bench/results/smoke/
     python bench/ernie_scifact.py --rows cascade --seeds 0 --ernie colbert_temperature=0.5 --tag tune1
 
@@ -17,11 +17,15 @@ Same data, steps, batch, lr and seeds for every row; only the loss differs (``de
 * ``dual_contrastive``: dense-head InfoNCE only (weight 1); a plain dense student (see ``row_losses``).
 * ``on_the_fly``: + ColBERT->dense KL (self on-the-fly distillation); both heads InfoNCE (weight 1), no
   cross-encoder.
-* ``cascade``: cross-encoder->ColBERT KL + ColBERT->dense KL + both InfoNCE terms at the config's weights.
-* ``direct_ce``: cross-encoder->dense KL (weight: the cascade's ColBERT->dense weight, so the dense head
+* ``cascade``: teacher->ColBERT KL + ColBERT->dense KL + both InfoNCE terms at the config's weights.
+* ``direct_ce``: teacher->dense KL (weight: the cascade's ColBERT->dense weight, so the dense head
   gets one KL term of the same weight in both rows) + dense InfoNCE (the config's dense weight); no
   ColBERT term (a plain dense student with the ``kl`` + ``contrastive`` losses at the ERNIE settings'
   temperatures).
+
+"Teacher" is the config's ``teacher.fusion`` signal: in ``configs/scifact-ernie.yaml`` the scifact-kd
+ensemble (cross-fitted labels-only dense members + BM25), the strongest teacher this machine has; the
+``ce`` in the row and loss names is the paper's cross-encoder slot, which any teacher fills.
 * ``colbert_head``: the cascade model's ColBERT head re-ranking its dense top-100 by exact MaxSim over
   the cached, projected passage tokens; ``colbert_head_retriever`` (extra): the same head scoring every
   passage (exhaustive MaxSim).
@@ -30,8 +34,10 @@ Reported: nDCG@10 and R@100 on dev (mean, sample std over seeds, per seed), and 
 one pass after training, queries one at a time (1 torch and 1 faiss thread), rows interleaved per
 query; dense rows = query encoding + Flat FAISS search of the 5,183 passages; ``colbert_head`` = one query
 forward pass (vector and tokens) + the FAISS top-100 + MaxSim over their cached tokens;
-``colbert_head_retriever`` = query forward + MaxSim over every stored token + top-100. The cross-encoder teacher, its scores,
-BM25, mining and the corpus embeddings come from the pipeline's caches (``configs/scifact-ernie.yaml``).
+``colbert_head_retriever`` = query forward + MaxSim over every stored token + top-100. The teacher (members and scores),
+BM25, mining and the corpus embeddings come from the pipeline's caches (``configs/scifact-ernie.yaml``). The
+``colbert_head`` row's time is also split per stage of the retrieval cascade (query encoder, dense
+top-100, MaxSim re-rank).
 
 Writes bench/results/ernie_scifact.{json,md,png} (``--tag X``: ernie_scifact_X; ``--smoke``: under
 bench/results/smoke/, with its own data subset and caches under /tmp).
@@ -91,9 +97,9 @@ def parse_args() -> argparse.Namespace:
     add_pipeline_args(ap, "scifact-ernie.yaml", "scifact", "bench-ernie-scifact")
     ap.add_argument("--ernie", action="append", default=[], metavar="KEY=VALUE",
                     help="override of the config's ernie loss settings (repeatable), e.g. colbert_temperature=0.5")
-    ap.add_argument("--direct-teacher-temperature", type=float, default=1.0,
-                    help="teacher temperature of the direct_ce row, tuned for it on dev like the cascade's (seed 0: "
-                         "0.5 -> 0.704, 1.0 -> 0.705, 2.0 -> 0.685 nDCG@10); a negative value = the ERNIE settings'")
+    ap.add_argument("--direct-teacher-temperature", type=float, default=-1.0,
+                    help="teacher temperature of the direct_ce row; negative (default) = the ERNIE settings' "
+                         "teacher_temperature, so that direct and cascade rows read the teacher alike")
     ap.add_argument("--rows", default=",".join(TRAINED), help="trained rows to run (comma-separated)")
     ap.add_argument("--seeds", default="0,1,2", help="student seeds (comma-separated)")
     ap.add_argument("--latency-queries", type=int, default=200, help="dev queries timed per model")
@@ -213,6 +219,20 @@ def summarize(per_seed: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
+def teacher_row(p: Prepared, zero_shot: Run) -> dict[str, Any]:
+    """The distilled teacher signal re-ranking the dev candidates, as the pipeline reports it."""
+    cfg = p.ctx.cfg
+    ce_run = steps.teacher_dev_run(p.ctx, p.scorer, p.eval_run, p.bm25_key) if p.scorer is not None else None
+    dense_first = zero_shot if cfg.mining.retrieval != "bm25" else None
+    from densekd.pipeline.teacher_signal import teacher_dev_runs
+
+    runs = teacher_dev_runs(p.ctx, ce_run, p.eval_run, p.base_encoder, p.zero_shot_store,
+                                  label_dense=p.label_dense, dense_eval_run=dense_first)
+    fusion = " + ".join(f"{w:g} {n}" for n, w in cfg.teacher.fusion.items() if w > 0)
+    return {"name": f"teacher rerank ({fusion}; top {cfg.teacher.rerank_depth})",
+            "metrics": evaluate(runs["fused"], p.ctx.eval_qrels, METRICS)}
+
+
 # ------------------------------------------------------------------------------------ latency
 @torch.inference_mode()
 def latency(p: Prepared, models: dict[str, DenseEncoder], colbert: tuple[ErnieSearchModel, Any] | None,
@@ -227,12 +247,21 @@ def latency(p: Prepared, models: dict[str, DenseEncoder], colbert: tuple[ErnieSe
         vector = model.encode_query(model.tokenize_queries([text]))              # same path as colbert_query
         return index.search(vector.float().numpy(), [qid], k=100)
 
+    stages: dict[str, list[float]] = {"query encoder (vector + tokens)": [], "dense top-100 (FAISS Flat)": [],
+                                      "ColBERT MaxSim re-rank of 100": []}
+
     def colbert_query(model: ErnieSearchModel, store: Any, qid: str, text: str) -> list[tuple[str, float]]:
+        t0 = time.perf_counter()
         emb = model.embed(model.tokenize_queries([text]), passage=False)          # vector + tokens, one pass
+        t1 = time.perf_counter()
         run = index.search(emb.vector.float().numpy(), [qid], k=100)
+        t2 = time.perf_counter()
         rows = [store.row_of[pid] for pid in run[qid]]
         scores = store.maxsim(emb.tokens[0][emb.mask[0]].float().numpy(), rows)
         order = np.argsort(-scores, kind="stable")
+        t3 = time.perf_counter()
+        for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+            stages[name].append(dt)
         return [(store.ids[rows[j]], float(scores[j])) for j in order]
 
     def colbert_exhaustive(model: ErnieSearchModel, store: Any, qid: str, text: str) -> list[tuple[str, float]]:
@@ -255,6 +284,8 @@ def latency(p: Prepared, models: dict[str, DenseEncoder], colbert: tuple[ErnieSe
     for qid, text in texts[:5]:  # warm-up
         for call in calls.values():
             call(qid, text)
+    for v in stages.values():  # the warm-up's stage times are not measurements
+        v.clear()
     load_before = os.getloadavg()
     for qid, text in texts:
         for name, call in calls.items():
@@ -267,7 +298,8 @@ def latency(p: Prepared, models: dict[str, DenseEncoder], colbert: tuple[ErnieSe
     return {"queries": len(texts), "torch_threads": 1, "faiss_threads": 1, "loadavg_before": load_before,
             "loadavg_after": load_after,
             "ms_per_query": {k: 1000 * float(np.mean(v)) for k, v in timings.items()},
-            "ms_p50": {k: 1000 * float(np.median(v)) for k, v in timings.items()}}
+            "ms_p50": {k: 1000 * float(np.median(v)) for k, v in timings.items()},
+            "colbert_stages_ms": {k: 1000 * float(np.mean(v)) for k, v in stages.items() if v}}
 
 
 # ------------------------------------------------------------------------------ report
@@ -284,6 +316,16 @@ def goal(rows: dict[str, dict]) -> dict[str, Any] | None:
             "met": bool(diff >= 0.01 + spread)}
 
 
+def goal_on_the_fly(rows: dict[str, dict]) -> dict[str, Any] | None:
+    """On-the-fly (ColBERT head -> dense head, no teacher) vs the contrastive-only dense student."""
+    if not {"on_the_fly", "dual_contrastive"} <= set(rows):
+        return None
+    o, d = rows["on_the_fly"], rows["dual_contrastive"]
+    diff, spread = o["ndcg@10_mean"] - d["ndcg@10_mean"], max(o["ndcg@10_std"], d["ndcg@10_std"])
+    return {"definition": "mean(on_the_fly) - mean(dual_contrastive) >= 0.01 + max(std) on nDCG@10",
+            "ndcg@10_diff_mean": diff, "spread": spread, "met": bool(diff >= 0.01 + spread)}
+
+
 def markdown(result: dict[str, Any]) -> str:
     rows, base = result["rows"], result["baselines"]
     table = [[name, r["ndcg@10_mean"], r["ndcg@10_std"], r["recall@100_mean"], r["recall@100_std"],
@@ -296,6 +338,14 @@ def markdown(result: dict[str, Any]) -> str:
         body += (f"\nCascade - direct CE->DE: {g['ndcg@10_diff_mean']:+.4f} nDCG@10 (per seed "
                  f"{', '.join(f'{x:+.4f}' for x in g['paired_diffs'])}; spread {g['spread']:.4f}). Goal "
                  f"({g['definition']}): **{'met' if g['met'] else 'not met'}**.\n")
+    o = result.get("goal_on_the_fly")
+    if o:
+        body += (f"\nOn-the-fly - dual contrastive: {o['ndcg@10_diff_mean']:+.4f} nDCG@10 (spread "
+                 f"{o['spread']:.4f}). Goal ({o['definition']}): **{'met' if o['met'] else 'not met'}**.\n")
+    stages = result["latency"].get("colbert_stages_ms")
+    if stages:
+        body += ("\nRetrieval cascade (`colbert_head`), ms/query per stage: "
+                 + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()) + ".\n")
     s, lat = result["settings"], result["latency"]
     body += (f"\nSciFact {s['eval_split']} ({s['eval_queries']} queries, {s['corpus_size']} passages), "
              f"{s['train_groups']} training queries; seeds {result['seeds']} (std = sample std over seeds). "
@@ -360,10 +410,11 @@ def main() -> None:
     base = base_settings(cfg, args.ernie)
     direct_tt = args.direct_teacher_temperature if args.direct_teacher_temperature > 0 else None
     losses = row_losses(base, direct_tt)
-    baselines = {"zero-shot dense": evaluate(steps.dense_run(p.base_encoder, p.zero_shot_store, p.ctx),
-                                             p.ctx.eval_qrels, METRICS)}
-    ce_run = steps.teacher_dev_run(p.ctx, p.scorer, p.eval_run, p.bm25_key)
-    baselines[f"cross-encoder rerank BM25 top {cfg.teacher.rerank_depth}"] = evaluate(ce_run, p.ctx.eval_qrels, METRICS)
+    zero_shot = steps.dense_run(p.base_encoder, p.zero_shot_store, p.ctx)
+    baselines = {"zero-shot dense": evaluate(zero_shot, p.ctx.eval_qrels, METRICS),
+                 "bm25": evaluate(p.eval_run, p.ctx.eval_qrels, METRICS)}
+    teacher = teacher_row(p, zero_shot)
+    baselines[teacher["name"]] = teacher["metrics"]
 
     per_seed: dict[str, list[dict[str, float]]] = {}
     train_info: dict[str, list[dict[str, Any]]] = {}
@@ -401,7 +452,9 @@ def main() -> None:
     for name, ms in lat["ms_per_query"].items():
         rows[name]["ms_per_query"] = ms
     result.update({
-        "rows": rows, "seeds": args.seeds, "baselines": baselines, "goal": goal(rows), "latency": lat,
+        "rows": rows, "seeds": args.seeds, "baselines": baselines, "goal": goal(rows),
+        "goal_on_the_fly": goal_on_the_fly(rows), "latency": lat,
+        "teacher": {"name": teacher["name"], "rerank_ndcg@10": teacher["metrics"]["ndcg@10"]},
         "train": train_info, "losses": {r: losses[r] for r in args.rows},
         "checks": {"max_abs_diff_cached_vs_store_vectors": vec_diff, "token_states_shape": list(states.hidden.shape),
                    "token_states_dtype": str(states.hidden.dtype)},
