@@ -20,6 +20,7 @@ from typing import Any
 
 from densekd.data.types import Run, TrainGroup, top_k
 from densekd.eval.metrics import evaluate
+from densekd.teachers.rerank import with_tail  # noqa: F401 (re-exported: the dev runs below use it)
 
 METRICS = ["ndcg@10", "mrr@10", "recall@100", "map"]
 
@@ -141,19 +142,6 @@ def ranked_union(runs: Sequence[Run], depth: int) -> dict[str, list[str]]:
     """Each query's candidates: the top ``depth`` of every run, in run order, each id once."""
     qids = dict.fromkeys(q for run in runs for q in run)
     return {q: list(dict.fromkeys(p for run in runs for p, _ in top_k(run.get(q, {}), depth))) for q in qids}
-
-
-def with_tail(head: Run, tails: Sequence[Run]) -> Run:
-    """Rank-valued run: ``head``'s candidates by score, then the ``tails``' other documents in their order.
-
-    Below the re-ranked candidates the first-stage order is kept, so recall@100 stays comparable.
-    """
-    out: Run = {}
-    for qid, scores in head.items():
-        order = list(dict.fromkeys([p for p, _ in top_k(scores, len(scores))]
-                                   + [p for t in tails for p, _ in top_k(t.get(qid, {}), len(t.get(qid, {})))]))
-        out[qid] = {pid: float(len(order) - i) for i, pid in enumerate(order)}
-    return out
 
 
 def teacher_dev_runs(ctx: Any, ce_run: Run | None, eval_run: Run, base_encoder: Any = None, store: Any = None,
