@@ -183,6 +183,4 @@ def test_scifact_adam_config_shares_the_kd_data_and_cache():
     assert {k: v for k, v in dataclasses.asdict(adam.student).items() if k not in ("dark_examples", "self_paced")} \
         == {k: v for k, v in dataclasses.asdict(kd.student).items() if k not in ("dark_examples", "self_paced")}
     assert adam.student.dark_examples.enabled and not adam.student.self_paced.enabled
-    # edits land in what the student reads
-    assert adam.student.dark_examples.max_tokens <= adam.student.passage_max_length - 2
     assert adam.output_dir != kd.output_dir

@@ -104,3 +104,31 @@ def test_row_with_padded_positive_is_dropped():
 def test_rejects_non_positive_temperature():
     with pytest.raises(ValueError, match="temperature"):
         InfoNCE(temperature=0.0)
+
+
+def test_unlabelled_candidates_are_not_the_querys_negatives():
+    """label_mask=False columns (ADAM dark examples) drop out of the query's own softmax exactly as if they
+    were not there; in the in-batch matrix other queries still see them as negatives."""
+    torch.manual_seed(0)
+    b, g = 3, 4
+    student, in_batch = torch.randn(b, g), torch.randn(b, b * g)
+    for i in range(b):
+        in_batch[i, i * g:(i + 1) * g] = student[i]
+    labelled = torch.tensor([[True, True, False, False], [True, True, True, False], [True, True, True, True]])
+    group = InfoNCE(use_in_batch=False)(ScoreBatch(student=student, label_mask=labelled))["contrastive"]
+    expected = torch.stack([F.cross_entropy(student[i, labelled[i]][None] / 0.05, torch.tensor([0]))
+                            for i in range(b)]).mean()
+    torch.testing.assert_close(group, expected)
+    full = InfoNCE()(ScoreBatch(student=student, in_batch=in_batch, label_mask=labelled))["contrastive"]
+    rows = []
+    for i in range(b):
+        keep = torch.ones(b * g, dtype=torch.bool)
+        keep[i * g:(i + 1) * g] = labelled[i]
+        target = int(keep[:i * g].sum())  # the positive's column once the dropped ones are gone
+        rows.append(F.cross_entropy(in_batch[i, keep][None] / 0.05, torch.tensor([target])))
+    torch.testing.assert_close(full, torch.stack(rows).mean())
+    # all labelled: the same as no label mask at all
+    plain = InfoNCE()(ScoreBatch(student=student, in_batch=in_batch))["contrastive"]
+    torch.testing.assert_close(InfoNCE()(ScoreBatch(student=student, in_batch=in_batch,
+                                                    label_mask=torch.ones(b, g, dtype=torch.bool)))["contrastive"],
+                               plain)

@@ -58,6 +58,14 @@ def test_repeats_are_masked():
     assert batch["mask"].tolist() == [[True, True, False, False]]
 
 
+def test_dark_examples_are_marked_unlabelled_only_when_present():
+    plain = [{"query": "q", "pids": ["p", "n"], "passages": ["a"] * 2, "teacher_scores": None}]
+    assert "label_mask" not in DistillCollator(lambda t: {}, None)(plain)  # old batches keep their keys
+    dark = [{"query": "q", "pids": ["p", "n", "dark:mask:q:0", "dark:mix:q:0"], "passages": ["a"] * 4,
+             "teacher_scores": None}]
+    assert DistillCollator(lambda t: {}, None)(dark)["label_mask"].tolist() == [[True, True, False, False]]
+
+
 def test_mixed_teacher_scores_and_group_sizes_are_errors():
     item = {"query": "q", "pids": ["p", "n"], "passages": ["a", "b"], "teacher_scores": [1.0, 0.0]}
     collate = DistillCollator(lambda t: {}, None)

@@ -56,6 +56,11 @@ class ScoreBatch:
         gathered batches must pass the gathered mask (:func:`global_in_batch` returns it).
     in_batch_offset
         Number of ``in_batch`` columns that belong to earlier ranks (``0`` on one process).
+    label_mask
+        ``[B, G]`` bool or ``None``; ``False`` = a synthetic candidate without a label (an ADAM dark
+        example such as a masked copy of the positive). Teacher-based losses score it like any
+        candidate; label-based losses (InfoNCE) do not count it as a negative of its own query
+        (:meth:`contrastive_masks`); other queries still see it as an in-batch negative.
     heads
         Extra score heads of a multi-head student over the *same* ``[B, G]`` candidates, by name
         (e.g. ``{"colbert": ScoreBatch(...)}`` from an ERNIE-Search model, whose dense head is this
@@ -77,6 +82,7 @@ class ScoreBatch:
     in_batch_mask: Tensor | None = None
     in_batch_offset: int = 0
     heads: dict[str, ScoreBatch] | None = None
+    label_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.student.ndim != 2:
@@ -96,6 +102,10 @@ class ScoreBatch:
             if self.mask.shape != self.student.shape:
                 raise ValueError(f"mask {tuple(self.mask.shape)} does not match student scores {(b, g)}")
             self.mask = self.mask.bool()
+        if self.label_mask is not None:
+            if self.label_mask.shape != self.student.shape:
+                raise ValueError(f"label_mask {tuple(self.label_mask.shape)} does not match student scores {(b, g)}")
+            self.label_mask = self.label_mask.bool()
         if self.in_batch is not None:
             self._check_in_batch(b, g)
         for name, head in (self.heads or {}).items():
@@ -144,6 +154,34 @@ class ScoreBatch:
             raise ValueError(f"no score head {name!r} in this batch (heads: {sorted(self.heads or {})}); "
                              "train a student whose compute_scores provides it (encoders.ernie.ErnieSearchModel)")
         return self.heads[name]
+
+    def contrastive_masks(self) -> tuple[Tensor | None, Tensor | None]:
+        """``(group mask [B, G], in-batch mask [B, N] or [N])`` for label-based losses (``None`` = all real).
+
+        ``mask`` with each query's own unlabelled candidates (``label_mask`` False) switched off; in the
+        in-batch matrix only the query's own group columns are affected.
+
+        Examples
+        --------
+        >>> s = ScoreBatch(student=torch.zeros(2, 2), in_batch=torch.zeros(2, 4),
+        ...                label_mask=torch.tensor([[True, False], [True, True]]))
+        >>> group, in_batch = s.contrastive_masks()
+        >>> group.tolist(), in_batch.int().tolist()
+        ([[True, False], [True, True]], [[1, 0, 1, 1], [1, 1, 1, 1]])
+        """
+        if self.label_mask is None:
+            return self.mask, self.in_batch_mask
+        group = self.label_mask if self.mask is None else self.mask & self.label_mask
+        if self.in_batch is None:
+            return group, self.in_batch_mask
+        b, g = self.student.shape
+        n = self.in_batch.shape[1]
+        rows = torch.ones(b, n, dtype=torch.bool, device=self.in_batch.device)
+        if self.in_batch_mask is not None:
+            rows = rows & self.in_batch_mask[None, :]
+        own = self.in_batch_offset + torch.arange(b, device=rows.device)[:, None] * g + torch.arange(g, device=rows.device)
+        rows = rows.scatter(1, own, rows.gather(1, own) & self.label_mask.to(rows.device))
+        return group, rows
 
     def positive_columns(self) -> Tensor:
         """``[B]`` long: the ``in_batch`` column of each query's positive."""

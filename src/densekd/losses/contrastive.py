@@ -62,7 +62,8 @@ class InfoNCE(nn.Module):
 
     Over ``ScoreBatch.in_batch`` (every passage of the possibly gathered batch, including other
     queries' hard negatives) when it is present and ``use_in_batch``; otherwise over the query's own
-    group ``ScoreBatch.student``.
+    group ``ScoreBatch.student``. A query's own unlabelled candidates (``ScoreBatch.label_mask``: ADAM
+    dark examples) are not its negatives: a masked copy of the positive is not irrelevant.
 
     Parameters
     ----------
@@ -79,10 +80,11 @@ class InfoNCE(nn.Module):
 
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Return ``{"contrastive": scalar}``."""
+        group_mask, in_batch_mask = scores.contrastive_masks()  # unlabelled candidates are no negatives
         if self.use_in_batch and scores.in_batch is not None:
-            logits, targets, mask = scores.in_batch, scores.positive_columns(), scores.in_batch_mask
+            logits, targets, mask = scores.in_batch, scores.positive_columns(), in_batch_mask
         else:
-            logits, mask = scores.student, scores.mask
+            logits, mask = scores.student, group_mask
             targets = torch.zeros(scores.batch_size, dtype=torch.long, device=logits.device)
         loss = info_nce_loss(
             logits, targets, temperature=self.temperature, mask=mask, weights=scores.weights

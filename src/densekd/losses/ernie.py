@@ -116,11 +116,13 @@ _DEFAULT = ErnieLossSettings()
 
 
 def _contrastive(scores: ScoreBatch, temperature: float, use_in_batch: bool) -> Tensor:
-    """InfoNCE over a head's in-batch matrix when present (and wanted), else over its own group."""
+    """InfoNCE over a head's in-batch matrix when present (and wanted), else over its own group; a query's
+    own unlabelled candidates (ADAM dark examples) are not its negatives."""
+    group_mask, in_batch_mask = scores.contrastive_masks()
     if use_in_batch and scores.in_batch is not None:
-        logits, targets, mask = scores.in_batch, scores.positive_columns(), scores.in_batch_mask
+        logits, targets, mask = scores.in_batch, scores.positive_columns(), in_batch_mask
     else:
-        logits, mask = scores.student, scores.mask
+        logits, mask = scores.student, group_mask
         targets = torch.zeros(scores.batch_size, dtype=torch.long, device=logits.device)
     return info_nce_loss(logits, targets, temperature=temperature, mask=mask, weights=scores.weights)
 

@@ -39,12 +39,10 @@ is skipped and counted in :class:`DarkExampleStats`, so groups may get fewer dar
 Why dark examples go into ``neg_ids``
 -------------------------------------
 They are candidates, not positives: the KL term distils the teacher's scores over them (the point).
-The contrastive (InfoNCE) term treats every non-positive column as a negative, so it also pushes the
-student away from them, masked positives included. We accept that rather than thread a per-candidate
-"not a contrastive negative" flag through dataset, collator, trainer and losses: with the usual
-weights (KL 1.0, contrastive 0.1) KL dominates, and ranking a degraded positive below the intact one
-agrees with the teacher's ordering anyway (so keep ``mask_fraction`` large enough to really degrade
-it). Dark ids are also in-batch negatives for other queries, as any candidate is.
+They are not negatives either: a masked copy of the positive is not irrelevant. The collator marks
+their columns unlabelled (``label_mask``, from the ``dark:`` id prefix), so the contrastive (InfoNCE)
+term leaves them out of their own query's softmax (other queries still meet them as in-batch
+negatives), and ``teacher.positive_margin`` neither lifts the positive above them nor moves them.
 
 Determinism
 -----------

@@ -15,11 +15,12 @@ own quality, the figure every distilled student is compared with.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from densekd.data.types import Run, TrainGroup, top_k
 from densekd.eval.metrics import evaluate
+from densekd.teachers.rerank import with_tail  # noqa: F401 (re-exported: the dev runs below use it)
 
 METRICS = ["ndcg@10", "mrr@10", "recall@100", "map"]
 
@@ -113,24 +114,30 @@ def fuse_groups(ctx: Any, groups: list[TrainGroup], base_encoder: Any, store: An
     fused = fuse_run(cands, signals, weights)
     margin = ctx.cfg.teacher.positive_margin
     if margin is not None:
-        fused = {g.qid: lift_positives(fused[g.qid], g.pos_ids, margin) for g in groups}
+        fused = {g.qid: lift_positives(fused[g.qid], g.pos_ids, margin, synthetic=g.extra_passages or ())
+                 for g in groups}
     return [TrainGroup(g.qid, g.pos_ids, g.neg_ids, fused[g.qid], g.extra_passages) for g in groups]
 
 
-def lift_positives(scores: Mapping[str, float], positives: Sequence[str], margin: float) -> dict[str, float]:
+def lift_positives(scores: Mapping[str, float], positives: Sequence[str], margin: float,
+                   synthetic: Iterable[str] = ()) -> dict[str, float]:
     """Labels win over the teacher: each judged positive scores at least ``margin`` above the best negative.
 
     A cross-fitted teacher ranks a training query's positive first only as often as it would on an
     unseen query (SciFact: 69 % of training queries); distilling that order as is teaches the student
     to put negatives above known positives. The negatives keep the teacher's scores and order.
+    ``synthetic`` candidates (ADAM dark examples) have no label, so they neither set the floor nor move:
+    a masked copy of the positive keeps the teacher's score, however close to the positive it is.
 
     Examples
     --------
     >>> lift_positives({"p": 0.5, "a": 2.0, "b": 1.0}, ["p"], 1.0)
     {'p': 3.0, 'a': 2.0, 'b': 1.0}
+    >>> lift_positives({"p": 0.5, "a": 2.0, "dark:mask:q:0": 4.0}, ["p"], 1.0, synthetic=["dark:mask:q:0"])
+    {'p': 3.0, 'a': 2.0, 'dark:mask:q:0': 4.0}
     """
-    pos = set(positives)
-    negatives = [v for pid, v in scores.items() if pid not in pos]
+    pos, synthetic = set(positives), set(synthetic)
+    negatives = [v for pid, v in scores.items() if pid not in pos and pid not in synthetic]
     if not negatives:
         return dict(scores)
     floor = max(negatives) + margin
@@ -141,19 +148,6 @@ def ranked_union(runs: Sequence[Run], depth: int) -> dict[str, list[str]]:
     """Each query's candidates: the top ``depth`` of every run, in run order, each id once."""
     qids = dict.fromkeys(q for run in runs for q in run)
     return {q: list(dict.fromkeys(p for run in runs for p, _ in top_k(run.get(q, {}), depth))) for q in qids}
-
-
-def with_tail(head: Run, tails: Sequence[Run]) -> Run:
-    """Rank-valued run: ``head``'s candidates by score, then the ``tails``' other documents in their order.
-
-    Below the re-ranked candidates the first-stage order is kept, so recall@100 stays comparable.
-    """
-    out: Run = {}
-    for qid, scores in head.items():
-        order = list(dict.fromkeys([p for p, _ in top_k(scores, len(scores))]
-                                   + [p for t in tails for p, _ in top_k(t.get(qid, {}), len(t.get(qid, {})))]))
-        out[qid] = {pid: float(len(order) - i) for i, pid in enumerate(order)}
-    return out
 
 
 def teacher_dev_runs(ctx: Any, ce_run: Run | None, eval_run: Run, base_encoder: Any = None, store: Any = None,

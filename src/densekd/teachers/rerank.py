@@ -2,6 +2,7 @@
 
 Units
 -----
+:func:`with_tail` turns a re-ranked head and the first stages' runs into one rank-valued run.
 :func:`rerank` returns the teacher's raw scores (cross-encoder logits, ColBERT MaxSim, reader
 attention scores); :func:`dot_scores` returns dot products of query vectors and stored passage
 vectors (cosines for normalised encoders). Both keep each query's candidates in a ``Run``.
@@ -103,4 +104,17 @@ def dot_scores(query_vectors: np.ndarray, qids: Sequence[str], candidates: Mappi
         pids = list(candidates.get(qid, ()))
         scores = np.asarray(vectors[[row_of[pid] for pid in pids]]) @ query_vectors[qi] if pids else np.empty(0)
         out[qid] = dict(zip(pids, scores.tolist()))
+    return out
+
+
+def with_tail(head: Run, tails: Sequence[Run]) -> Run:
+    """Rank-valued run: ``head``'s candidates by score, then the ``tails``' other documents in their order.
+
+    Below the re-ranked candidates the first-stage order is kept, so recall@100 stays comparable.
+    """
+    out: Run = {}
+    for qid, scores in head.items():
+        order = list(dict.fromkeys([p for p, _ in top_k(scores, len(scores))]
+                                   + [p for t in tails for p, _ in top_k(t.get(qid, {}), len(t.get(qid, {})))]))
+        out[qid] = {pid: float(len(order) - i) for i, pid in enumerate(order)}
     return out

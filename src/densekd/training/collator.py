@@ -68,6 +68,20 @@ def repeat_mask(pids: Sequence[Sequence[str]]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.bool)
 
 
+def label_mask(pids: Sequence[Sequence[str]]) -> torch.Tensor:
+    """``bool[B, G]``: ``False`` at synthetic candidates (ADAM dark example ids, ``dark:...``), which have no
+    label: teacher-based losses score them, InfoNCE does not treat them as the query's negatives.
+
+    Examples
+    --------
+    >>> label_mask([["p", "n", "dark:mask:q:0"]]).tolist()
+    [[True, True, False]]
+    """
+    from densekd.mining.dark_examples import DARK_PREFIX
+
+    return torch.tensor([[not pid.startswith(DARK_PREFIX) for pid in group] for group in pids], dtype=torch.bool)
+
+
 class DistillCollator:
     """Tokenise queries and group-major passages; stack teacher scores (module docstring).
 
@@ -109,6 +123,9 @@ class DistillCollator:
         weights = _stack_weights(items)
         if weights is not None:  # only then: batches without weights keep their exact old keys
             batch["weights"] = weights
+        labelled = label_mask(pids)
+        if not bool(labelled.all()):  # likewise: only batches with synthetic candidates carry the key
+            batch["label_mask"] = labelled
         if self.tokenize_passage is not None:
             texts = [text for item in items for text in item["passages"]]  # group-major
             if len(texts) != len(items) * group_size:

@@ -170,7 +170,7 @@ class DistillTrainer(CheckpointTrainer):
             heads = model(query=inputs["query"], passage=passage, group_size=len(inputs["pids"][0]),
                           mask=inputs.get("mask"), in_batch=self.args.use_in_batch_negatives)
             components = self.loss_fn(head_score_batch(heads, inputs.get("teacher_scores"), inputs.get("mask"),
-                                                       inputs.get("weights")))
+                                                       inputs.get("weights"), inputs.get("label_mask")))
             if model.training:
                 self._track_components(components)
             return (components[TOTAL_KEY], heads) if return_outputs else components[TOTAL_KEY]
@@ -197,7 +197,7 @@ class DistillTrainer(CheckpointTrainer):
             extra = {"in_batch": in_batch.scores, "in_batch_offset": in_batch.offset,
                      "in_batch_mask": in_batch.mask}
         return ScoreBatch(student=group_scores(q, p, group_size), teacher=inputs.get("teacher_scores"),
-                          weights=inputs.get("weights"), mask=mask, **extra)
+                          weights=inputs.get("weights"), mask=mask, label_mask=inputs.get("label_mask"), **extra)
 
     def _track_components(self, components: dict[str, Tensor]) -> None:
         # detached tensors, no .item(): no host sync per micro-batch
@@ -227,10 +227,10 @@ class DistillTrainer(CheckpointTrainer):
 
 
 def head_score_batch(heads: Mapping[str, Any], teacher: Tensor | None, mask: Tensor | None,
-                     weights: Tensor | None = None) -> ScoreBatch:
+                     weights: Tensor | None = None, label_mask: Tensor | None = None) -> ScoreBatch:
     """One :class:`ScoreBatch` per head of ``compute_scores`` output: ``"dense"`` outside, others in ``heads``.
 
-    ``teacher[B, G]``, ``mask[B, G]`` and ``weights[B]`` apply to every head. ``f"{head}_in_batch"`` may
+    ``teacher[B, G]``, ``mask[B, G]``, ``weights[B]`` and ``label_mask[B, G]`` apply to every head. ``f"{head}_in_batch"`` may
     be a local ``[B, B*G]`` tensor (mask derived from ``mask``) or the :class:`InBatchScores` of
     :func:`global_in_batch` (gathered columns, offset and mask).
     """
@@ -240,7 +240,8 @@ def head_score_batch(heads: Mapping[str, Any], teacher: Tensor | None, mask: Ten
             extra.update(in_batch=in_batch.scores, in_batch_offset=in_batch.offset, in_batch_mask=in_batch.mask)
         elif in_batch is not None:
             extra.update(in_batch=in_batch)
-        return ScoreBatch(student=heads[name], teacher=teacher, mask=mask, weights=weights, **extra)
+        return ScoreBatch(student=heads[name], teacher=teacher, mask=mask, weights=weights, label_mask=label_mask,
+                          **extra)
 
     names = [name for name in heads if not name.endswith("_in_batch")]
     if PRIMARY_HEAD not in names:

@@ -12,6 +12,13 @@ Inputs and outputs (data contract)
   encoding + FAISS; BM25: tokenising + scoring) is reported as p50/p95 in milliseconds on stderr
   and, with ``--latency-out FILE``, as JSON ``{"kind", "backend", "n", "p50", "p95", "mean", "max"}``.
   The run is the same as without it (apart from float rounding of batched vs. single encoding).
+* Re-ranking cascade (ERNIE-Search's inference path, :mod:`densekd.teachers.cascade`): ``--colbert
+  MODEL`` re-ranks each query's top ``--colbert-depth`` by exact MaxSim over the model's corpus token
+  vectors (``--token-store DIR``: encoded from the index's corpus on first use, reused after; a
+  folder holding another model's or corpus's tokens is refused, never overwritten), then
+  ``--cross-encoder MODEL`` re-ranks the top ``--cross-encoder-depth``. Below each stage's depth the
+  previous stage's order is kept (rank-valued scores). With ``--latency`` every stage is timed per
+  query, and the JSON gains ``"stages": {name: {"p50", "p95", "mean", "max", "n"}}``.
 """
 
 from __future__ import annotations
@@ -51,6 +58,17 @@ class SearchConfig:
         "help": "search queries one at a time (batch 1) and report per-query latency p50/p95 on stderr"})
     latency_out: str | None = field(default=None, metadata={
         "help": "with --latency: also write the latency summary as JSON to this file", "metavar": "FILE"})
+    colbert: str | None = field(default=None, metadata={
+        "help": "re-rank with this late-interaction model folder (densekd ColBERT or shared-tower ERNIE-Search): "
+                "exact MaxSim over its stored corpus tokens", "metavar": "PATH"})
+    colbert_depth: int = field(default=100, metadata={"help": "with --colbert: candidates re-ranked per query"})
+    token_store: str | None = field(default=None, metadata={
+        "help": "with --colbert: folder of the model's corpus token vectors (built from the index's corpus "
+                "on first use, reused after)", "metavar": "DIR"})
+    cross_encoder: str | None = field(default=None, metadata={
+        "help": "last stage: re-rank with this cross-encoder folder", "metavar": "PATH"})
+    cross_encoder_depth: int = field(default=20, metadata={
+        "help": "with --cross-encoder: candidates re-ranked per query"})
 
     def __post_init__(self) -> None:
         from densekd.pipeline.validate import check_numbers
@@ -70,6 +88,8 @@ examples:
   densekd search --index idx/scifact-minilm --queries data/scifact/queries.jsonl \\
                  --qrels data/scifact/qrels/dev.tsv -k 1000 --out dev-dense.trec
   densekd search --config search.yaml --set k=20
+  densekd search --index idx/ernie --queries q.jsonl --out c.trec --colbert runs/ernie/model \
+                 --token-store idx/ernie-tokens --cross-encoder runs/ce --cross-encoder-depth 20 --latency
 """
 
 
@@ -169,6 +189,89 @@ def _searcher(cfg: SearchConfig, info: dict[str, Any], backend: str) -> tuple[An
     return search_all, search_one
 
 
+def _late_interaction(path: str) -> Any:
+    """A late-interaction encoder from a densekd ColBERT folder or a shared-tower ERNIE-Search folder."""
+    from densekd.encoders.late_interaction import LI_CONFIG_NAME, LateInteractionEncoder
+
+    root = Path(path)
+    if not (root / LI_CONFIG_NAME).is_file():
+        raise DataFormatError(root, f"--colbert: not a late-interaction model folder (no {LI_CONFIG_NAME})")
+    if (root / "query").is_dir() or (root / "passage").is_dir():
+        raise DataFormatError(root, "--colbert: this ERNIE-Search model has separate query/passage towers (trained "
+                                    "query_only); the cascade needs one tower that encodes the corpus tokens")
+    return LateInteractionEncoder.from_pretrained(root)
+
+
+def _token_store(encoder: Any, corpus: Any, folder: Path) -> Any:
+    """The encoder's corpus token store in ``folder``: reused when it holds exactly these tokens, built when
+    the folder is new (or a half-built store), refused when it holds anything else."""
+    from densekd.index.chunks import corpus_digest
+    from densekd.index.late_interaction import MANIFEST as TOKENS_MANIFEST
+    from densekd.index.late_interaction import STATE, TokenEmbeddingStore, encode_corpus_tokens
+    from densekd.teachers.late_interaction import LateInteractionTeacher
+
+    fingerprint = LateInteractionTeacher(encoder).fingerprint
+    if (folder / TOKENS_MANIFEST).is_file():
+        store = TokenEmbeddingStore.load(folder)
+        same = (store.manifest.get("fingerprint") == fingerprint
+                and store.manifest.get("corpus_digest") == corpus_digest(list(corpus.values())))
+        if not same:
+            raise DataFormatError(folder, "--token-store holds the tokens of another model or corpus; "
+                                          "choose another folder (it is left as it is)")
+        return store
+    if folder.exists() and (not folder.is_dir() or (any(folder.iterdir()) and not (folder / STATE).is_file())):
+        raise DataFormatError(folder, "--token-store is not a token store folder; choose a new or empty folder")
+    return encode_corpus_tokens(encoder, corpus, folder, fingerprint=fingerprint)
+
+
+def _cascade_stages(cfg: SearchConfig, info: dict[str, Any]) -> list[Any]:
+    """The re-ranking stages after the index search (``--colbert``, ``--cross-encoder``), checked first."""
+    if not (cfg.colbert or cfg.cross_encoder):
+        return []
+    from densekd.data.beir import load_corpus
+    from densekd.teachers.cascade import colbert_stage, teacher_stage
+    from densekd.teachers.cross_encoder import CrossEncoderTeacher
+
+    if cfg.colbert and not cfg.token_store:
+        raise DataFormatError(None, "--colbert needs --token-store DIR (where the corpus token vectors are kept)")
+    last = cfg.k
+    for flag, depth, on in (("--colbert-depth", cfg.colbert_depth, cfg.colbert),
+                            ("--cross-encoder-depth", cfg.cross_encoder_depth, cfg.cross_encoder)):
+        if on and depth > last:
+            raise DataFormatError(None, f"{flag} {depth} exceeds the {last} candidates of the stage before it")
+        last = depth if on else last
+    if not info.get("corpus"):
+        raise DataFormatError(info["path"], "re-ranking needs the corpus texts: use an index folder written by "
+                                            "`densekd index` (its manifest names the corpus)")
+    corpus = load_corpus(info["corpus"])
+    stages = []
+    if cfg.colbert:
+        encoder = _late_interaction(cfg.colbert)
+        stages.append(colbert_stage(encoder, _token_store(encoder, corpus, Path(cfg.token_store)), cfg.colbert_depth))
+    if cfg.cross_encoder:
+        stages.append(teacher_stage(CrossEncoderTeacher.from_pretrained(cfg.cross_encoder), corpus,
+                                    cfg.cross_encoder_depth))
+    return stages
+
+
+def _run_cascade(cfg: SearchConfig, queries: Any, search_all: Any, search_one: Any, stages: list[Any],
+                 first_name: str) -> tuple[Any, dict[str, Any] | None]:
+    """Index search + re-ranking stages; per-stage latency summaries with ``--latency``."""
+    from densekd.data.types import Query
+    from densekd.index.latency import latency_summary
+    from densekd.teachers.cascade import cascade_search
+
+    texts = {qid: q.text for qid, q in queries.items()}
+    if not cfg.latency:
+        run, _ = cascade_search(texts, lambda qs: search_all({q: Query(q, t) for q, t in qs.items()}), stages,
+                                first_name)
+        return run, None
+    run, seconds = cascade_search(texts, lambda qs: {q: search_one(q, t) for q, t in qs.items()}, stages,
+                                  first_name, per_query=True, warmup=5)
+    total = [sum(parts) for parts in zip(*seconds.values())]
+    return run, {**latency_summary(total), "stages": {name: latency_summary(v) for name, v in seconds.items()}}
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``densekd search``."""
     cfg = config_from_args(args, SearchConfig)
@@ -182,14 +285,25 @@ def main(args: argparse.Namespace) -> int:
     check_model_folder("--model", cfg.model)
     queries = _select_queries(cfg)
     backend = cfg.backend or info.get("backend", "torch")
+    stages = _cascade_stages(cfg, info)
     search_all, search_one = _searcher(cfg, info, backend)
-    if not cfg.latency:
+    what = "BM25" if info["kind"] == "bm25" else f"encode ({backend}) + FAISS"
+    if stages:
+        run, lat = _run_cascade(cfg, queries, search_all, search_one, stages, info["kind"])
+        if lat is not None:
+            parts = ", ".join(f"{name} {v['p50']:.2f}" for name, v in lat["stages"].items())
+            print(f"densekd search: latency per query (batch 1, {what} -> {' -> '.join(s.name for s in stages)}): "
+                  f"p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms over {lat['n']} queries; per stage p50 (ms): "
+                  f"{parts}", file=sys.stderr)
+            if cfg.latency_out:
+                write_json(cfg.latency_out, {"kind": info["kind"],
+                                             "backend": backend if info["kind"] == "dense" else None, **lat})
+    elif not cfg.latency:
         run = search_all(queries)
     else:
         from densekd.index.latency import timed_search
 
         run, lat = timed_search(search_one, {qid: q.text for qid, q in queries.items()})
-        what = "BM25" if info["kind"] == "bm25" else f"encode ({backend}) + FAISS"
         print(f"densekd search: latency per query (batch 1, {what}): p50 {lat['p50']:.2f} ms, "
               f"p95 {lat['p95']:.2f} ms over {lat['n']} queries", file=sys.stderr)
         if cfg.latency_out:
