@@ -85,8 +85,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         root = make_smoke_data(cfg, SMOKE_ROOT / "data-adam", 20, 200)
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(root)),
                                   cache_dir=str(SMOKE_ROOT / "cache"))
-    if not (cfg.student.dark_examples.n_mixup and cfg.student.dark_examples.n_masked):
-        raise SystemExit("the config must build both kinds of dark examples (n_mixup > 0 and n_masked > 0)")
+    if not cfg.student.dark_examples.n_masked:
+        raise SystemExit("the config must build masked dark examples (student.dark_examples.n_masked > 0)")
     return cfg
 
 
@@ -100,7 +100,9 @@ def row_config(cfg: PipelineConfig, name: str, seed: int, out: Path) -> Pipeline
     kinds, self_paced, teacher = ROWS[name]
     s = cfg.student
     dark = dataclasses.replace(s.dark_examples, enabled=bool(kinds),
-                               n_mixup=s.dark_examples.n_mixup if "mix" in kinds else 0,
+                               # the shipped config keeps only masked copies (the measured winner): the
+                               # mix-up rows still test the paper's 2 mix-ups a query
+                               n_mixup=(s.dark_examples.n_mixup or 2) if "mix" in kinds else 0,
                                n_masked=s.dark_examples.n_masked if "mask" in kinds else 0)
     loss = s.loss
     if not teacher:  # the loss reduced to its InfoNCE term: no teacher score is read
