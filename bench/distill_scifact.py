@@ -4,6 +4,9 @@ Usage::
 
     python bench/distill_scifact.py                 # configs/scifact-kd.yaml, seeds 0 1 2
     python bench/distill_scifact.py --smoke         # tiny end-to-end check -> bench/results/smoke/
+    # Margin-MSE instead of KL (results in distill_scifact_margin_mse.*)
+    python bench/distill_scifact.py --name distill_scifact_margin_mse \
+        --set 'student.loss={margin_mse: {weight: 1.0, student_temperature: 0.05}, contrastive: {weight: 1.0, temperature: 0.05}}'
 
 Both rows are the pipeline itself (``run_pipeline``, every one-time step cached and shared): for each
 seed, ``distilled`` is ``densekd run configs/scifact-kd.yaml --set student.seed=<s>`` and
@@ -54,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds")
     ap.add_argument("--latency-queries", type=int, default=50, help="dev queries timed at batch 1")
     ap.add_argument("--smoke", action="store_true", help="tiny data and settings, /tmp caches, bench/results/smoke/")
+    ap.add_argument("--name", default=NAME, help="results file stem under bench/results (a variant's run, e.g. "
+                    "distill_scifact_margin_mse, leaves the main results as they are)")
     args = ap.parse_args()
     if args.smoke:
         args.seeds, args.latency_queries, args.out_dir = args.seeds[:2], 5, str(SMOKE_ROOT / "runs-distill")
@@ -167,8 +172,9 @@ def main() -> None:
                      "data": dataclasses.asdict(cfg.data), "mining": dataclasses.asdict(cfg.mining)},
         "wall_seconds": round(time.perf_counter() - began, 1), "provenance": provenance()}
     res_dir = RESULTS / "smoke" if args.smoke else RESULTS
-    write_results(NAME, result, markdown(result), res_dir)
-    plot(result, res_dir / f"{NAME}.png")
+    result["name"] = args.name
+    write_results(args.name, result, markdown(result), res_dir)
+    plot(result, res_dir / f"{args.name}.png")
     print(markdown(result))
 
 
@@ -195,7 +201,7 @@ def markdown(r: dict[str, Any]) -> str:
               f"{r['student_within_of_teacher']:+.4f}.\n\nLatency at batch 1 ({lat['queries']} dev queries, p50): student "
               f"{lat['student_ms_p50']:.1f} ms, teacher {lat['teacher_ms_p50']:.1f} ms: student "
               f"{r['student_speedup_vs_teacher']:.1f}x faster.\n\nTotal wall time {r['wall_seconds']:.0f} s.\n\n"
-              f"![plot]({NAME}.png)\n")
+              f"![plot]({r.get('name', NAME)}.png)\n")
 
 
 def plot(r: dict[str, Any], path: Path) -> None:

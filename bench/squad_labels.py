@@ -5,6 +5,9 @@ Usage::
     OMP_NUM_THREADS=1 python bench/squad_labels.py                  # paragraphs; 100-word blocks if no clear gain
     OMP_NUM_THREADS=1 python bench/squad_labels.py --smoke          # tiny end-to-end check -> bench/results/smoke/
     OMP_NUM_THREADS=1 python bench/squad_labels.py --seeds 0 1 2 --epochs 3 --corpora paragraphs windows
+    # both towers (DPR's recipe: 1 BM25 hard negative + in-batch), results in squad_labels_full.*
+    python bench/squad_labels.py --corpora paragraphs --rows gold oracle_nce --epochs 1 \
+        --set retriever.train_mode=full --set retrieval.k=2 --name squad_labels_full
 
 Before any teacher (a reader, a cross-encoder) can be judged on squad-open, the benchmark must be one
 where *labels* pay: a retriever trained on the right passages has to beat the zero-shot start model.
@@ -19,7 +22,8 @@ Questions (``../shared/data/squad-open``; train and dev share no article):
   ``--heldout-fraction`` of the training questions. They pick the epoch (answer R@1) and train nothing.
 * fit: every other training question (about 6,600).
 
-Rows, each trained query-side-only (the passage tower and its cached corpus vectors stay MiniLM's) through
+Rows, each trained query-side-only by default (the passage tower and its cached corpus vectors stay MiniLM's;
+``--set retriever.train_mode=full`` trains both towers and re-encodes the corpus after every epoch) through
 the reader -> retriever loop's own steps (:func:`densekd.pipeline.fidkd.train_retriever` and
 :func:`~densekd.pipeline.fidkd.retrieve`, ``configs/squad-fidkd.yaml``'s retriever settings: batch 16,
 lr 5e-5, BM25 top ``k = 10`` per question as its group):
@@ -112,6 +116,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--train-sample", type=int, default=500, help="fit questions whose recall shows overfitting")
     ap.add_argument("--bootstrap", type=int, default=10_000, help="paired bootstrap resamples")
     ap.add_argument("--smoke", action="store_true", help="tiny settings on a data subset, bench/results/smoke/")
+    ap.add_argument("--name", default=NAME, help="results file stem under bench/results (e.g. squad_labels_full "
+                    "for a --set retriever.train_mode=full run, so the query-side-only results stay)")
     return ap.parse_args()
 
 
@@ -274,7 +280,8 @@ def train_row(ctx: QAContext, row: str, groups: list[TrainGroup], loss: dict, no
         ectx = dataclasses.replace(base, cfg=dataclasses.replace(base.cfg, retriever=r))
         start = time.perf_counter()
         previous = fidkd.train_retriever(ectx, e, groups, key, store, previous)
-        runs, _ = fidkd.retrieve(ectx, e, previous, store)
+        # full mode trains the passage tower too: its corpus is re-encoded (cached by the retriever's key)
+        runs, _ = fidkd.retrieve(ectx, e, previous, store if r.train_mode == "query_only" else None)
         metrics, hits[e] = evaluate(ectx, runs, dev, heldout)
         epochs.append({"epoch": e, **metrics, "seconds": round(time.perf_counter() - start, 1)})
         log.info("%s seed %d epoch %d: dev R@1 %.3f, held-out R@1 %.3f", row, seed, e,
@@ -368,7 +375,10 @@ def findings(result: dict[str, Any]) -> list[str]:
 def markdown(result: dict[str, Any]) -> str:
     n_seeds = len(result["settings"]["seeds"])
     q = result["questions"]
-    out = [(f"squad-open, query-side-only training on {q['fit']} training questions; epoch picked on "
+    r = result["settings"]["retriever"]
+    mode = "query-side-only" if r["train_mode"] == "query_only" else f"{r['train_mode']} (both towers)"
+    out = [(f"squad-open, {mode} training (batch {r['batch_size']}, group {result['settings']['k']}, passage "
+            f"length {r['passage_max_length']}) on {q['fit']} training questions; epoch picked on "
             f"{q['heldout']} questions of {len(q['heldout_articles'])} held-out training articles "
             f"({', '.join(q['heldout_articles'])}); dev = all {q['dev']} dev questions. "
             f"{n_seeds} seed(s){' (mean ± std)' if n_seeds > 1 else ''}; at most {result['settings']['epochs']} "
@@ -406,7 +416,7 @@ def markdown(result: dict[str, Any]) -> str:
         out.append("\nTraining groups (fit questions):\n\n" + markdown_table(["row", "groups"], groups))
     out.append("\n## Finding\n\n" + "\n".join(f"- {line}" for line in findings(result)) + "\n")
     out.append("\n## Notes\n\n" + "\n".join(f"- {n}" for n in result["notes"]) + "\n")
-    out.append(f"\nWall time: {result['wall_seconds'] / 60:.1f} min.\n\n![plot]({NAME}.png)\n")
+    out.append(f"\nWall time: {result['wall_seconds'] / 60:.1f} min.\n\n![plot]({result['name']}.png)\n")
     return "\n".join(out)
 
 
@@ -461,6 +471,7 @@ def main() -> None:
             continue
         results[name] = run_setting(ctx, name, args, split, gold)
     result = {
+        "name": args.name,
         "corpora": results,
         "questions": {"fit": len(split[0]), "heldout": len(split[1]), "heldout_articles": split[2],
                       "dev": len(ctx.eval_qids)},
@@ -470,7 +481,9 @@ def main() -> None:
                      "overrides": (SMOKE_SETTINGS if args.smoke else []) + args.overrides,
                      "output_dir": cfg.output_dir, "smoke": args.smoke},
         "notes": [
-            "query-side-only: the passage tower and the corpus vectors stay all-MiniLM-L6-v2's",
+            ("query-side-only: the passage tower and the corpus vectors stay all-MiniLM-L6-v2's"
+             if cfg.retriever.train_mode == "query_only" else
+             "full: both towers train; the corpus is re-encoded after every epoch (zero-shot and BM25 unchanged)"),
             ("each epoch is one pipeline step continuing from the last (lr warm-up and linear decay to 0 "
              "within every epoch); the epoch with the best held-out R@1 is picked, dev is reported there"),
             (f"ΔR@1: paired bootstrap over dev questions ({args.bootstrap} resamples), of the seed-averaged hit; "
@@ -482,8 +495,8 @@ def main() -> None:
     }
     results_dir = RESULTS / "smoke" if args.smoke else RESULTS
     results_dir.mkdir(parents=True, exist_ok=True)
-    plot(result, results_dir / f"{NAME}.png")
-    path = write_results(NAME, result, markdown(result), results_dir)
+    plot(result, results_dir / f"{args.name}.png")
+    path = write_results(args.name, result, markdown(result), results_dir)
     print(markdown(result))
     print(f"wrote {path}")
 

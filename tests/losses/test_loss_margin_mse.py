@@ -31,6 +31,21 @@ def test_margin_mse_zero_when_margins_equal():
     assert margin_mse_loss(student, teacher).item() == pytest.approx(0.0, abs=1e-10)
 
 
+def test_margin_mse_student_temperature_scales_the_student_side_only():
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    # dividing the student's scores by T is the same loss as feeding s / T at T = 1
+    torch.testing.assert_close(margin_mse_loss(s, t, student_temperature=0.05), margin_mse_loss(s / 0.05, t))
+    # a cosine student whose margins are the teacher's times T costs nothing at that temperature
+    assert margin_mse_loss(0.05 * t, t, student_temperature=0.05).item() == pytest.approx(0.0, abs=1e-10)
+    module = MarginMSE(student_temperature=0.5)(_batch())["margin_mse"]
+    torch.testing.assert_close(module, margin_mse_loss(torch.tensor(STUDENT), torch.tensor(TEACHER),
+                                                       student_temperature=0.5))
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="student_temperature"):
+            MarginMSE(student_temperature=bad)
+
+
 def test_margin_mse_invariant_to_per_query_constants():
     torch.manual_seed(0)
     s, t = torch.randn(4, 5), torch.randn(4, 5)
