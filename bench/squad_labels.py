@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -82,7 +81,7 @@ from densekd.data.trec import load_run  # noqa: E402
 from densekd.data.types import Corpus, Passage, TrainGroup, top_k  # noqa: E402
 from densekd.eval.qa import answer_recall, has_answer  # noqa: E402
 from densekd.pipeline import fidkd  # noqa: E402
-from densekd.pipeline.cache import cache_key  # noqa: E402
+from densekd.pipeline.cache import cache_key, read_marker  # noqa: E402
 from densekd.pipeline.fidkd_config import FidKDConfig  # noqa: E402
 from densekd.pipeline.qa_data import QAContext, load_qa_context, sample_ids  # noqa: E402
 
@@ -281,11 +280,10 @@ def train_row(ctx: QAContext, row: str, groups: list[TrainGroup], loss: dict, no
         ectx = dataclasses.replace(base, cfg=dataclasses.replace(base.cfg, retriever=r))
         start = time.perf_counter()
         previous = fidkd.train_retriever(ectx, e, groups, key, store, previous)
-        # full mode trains the passage tower too: its corpus is re-encoded (cached by the retriever's key)
-        runs, _ = fidkd.retrieve(ectx, e, previous, store if r.train_mode == "query_only" else None)
+        runs, _ = fidkd.retrieve(ectx, e, previous, store)  # full mode: re-encodes the corpus (cached)
         metrics, hits[e] = evaluate(ectx, runs, dev, heldout)
         # the training time as measured when the step ran (a cached step costs ~0 s now)
-        trained = json.loads((previous[0].parent / "DONE.json").read_text(encoding="utf-8"))["summary"]
+        trained = read_marker(previous[0].parent)["summary"]
         epochs.append({"epoch": e, **metrics, "seconds": round(time.perf_counter() - start, 1),
                        "train_seconds": trained.get("train_seconds")})
         log.info("%s seed %d epoch %d: dev R@1 %.3f, held-out R@1 %.3f", row, seed, e,

@@ -224,3 +224,24 @@ def test_killed_reader_training_resumes_from_its_checkpoint(tmp_path, tiny_reade
     a, b = (load_file(root / "out" / "iter_1" / "reader" / "model" / "model.safetensors")
             for root in (tmp_path / "a", tmp_path / "b"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_full_mode_retrieval_never_indexes_a_frozen_passage_store(tmp_path, tiny_reader_dir, tiny_bert_path):
+    """A retriever whose passage tower trained must index its own passage vectors: a frozen store handed
+    to ``retrieve`` (as a query-side-only caller would) is ignored, not silently searched."""
+    from densekd.cli.config import load_config
+    from densekd.pipeline import fidkd
+    from densekd.pipeline.fidkd_config import FidKDConfig
+    from densekd.pipeline.qa_data import load_qa_context
+
+    cfg = load_config(write_config(tmp_path, tiny_reader_dir, tiny_bert_path, train_mode="full"), [], FidKDConfig)
+    ctx = load_qa_context(cfg)
+
+    class FrozenStore:  # any use of it fails the test
+        def to_faiss(self, *args, **kwargs):
+            raise AssertionError("full-mode retrieval searched the frozen passage store")
+
+    runs, _ = fidkd.retrieve(ctx, 1, (Path(tiny_bert_path), "tiny"), FrozenStore())
+    summary = json.loads((runs / "DONE.json").read_text())["summary"]
+    assert Path(summary["passage_vectors"]).parent.name == "embeddings"
+    assert _dense_top(Path(tiny_bert_path), tmp_path / "toy_qa", "d1") == _top(load_run(runs / "dev.trec")["d1"])

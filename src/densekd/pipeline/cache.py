@@ -57,6 +57,11 @@ def is_done(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
+def read_marker(folder: Path) -> dict[str, Any]:
+    """The marker of a completed step: ``{"summary": ..., "meta": ..., "key": ...}``."""
+    return json.loads((folder / MARKER).read_text(encoding="utf-8"))
+
+
 def cached_step(folder: Path, compute: Callable[[Path], dict[str, Any] | None],
                 meta: dict[str, Any] | None = None, key: str | None = None) -> tuple[dict[str, Any], bool]:
     """Run ``compute(folder)`` unless ``folder`` is already complete.
@@ -79,7 +84,7 @@ def cached_step(folder: Path, compute: Callable[[Path], dict[str, Any] | None],
         The summary stored in the marker, and ``True`` when nothing was recomputed.
     """
     if is_done(folder):
-        marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        marker = read_marker(folder)
         if key is None or marker.get("key") == key:
             return marker["summary"], True
     if folder.exists():  # leftovers of an interrupted run: never trust them

@@ -233,11 +233,15 @@ def corpus_vectors(ctx: QAContext, model: str | Path | None, model_key: str, tag
 def retrieve(ctx: QAContext, n: int, retriever: tuple[Path, str], base_store: Any) -> tuple[Path, str]:
     """Index the corpus with retriever ``n`` (FAISS) and rank every question (``iter_<n>/runs``).
 
-    ``query_only``: the passage tower is the start model's, so its cached vectors are the index.
+    ``query_only``: the passage tower is the start model's, so its cached vectors (``base_store``) are the
+    index. ``full``: the retriever trained its passage tower too, so ``base_store`` is ignored and the corpus
+    is encoded with the retriever (as :func:`train_retriever` ignores it for training).
     """
     from densekd.encoders.dense import DenseEncoder
 
     r = ctx.cfg.retrieval
+    if ctx.cfg.retriever.train_mode != "query_only":  # stale passage vectors would be a silent wrong index
+        base_store = None
     key = cache_key("fidkd-runs-v1", retriever[1], ctx.train_qids, ctx.eval_qids, r.k, r.eval_depth, r.factory)
 
     def compute(out: Path) -> dict[str, Any]:
