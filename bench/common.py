@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 
 from densekd.data.io import write_json
@@ -101,3 +102,12 @@ def write_results(name: str, result: dict[str, Any], markdown_body: str, results
     md = f"# {name}\n\n{provenance_markdown(result['provenance'])}\n{markdown_body}"
     (results_dir / f"{name}.md").write_text(md, encoding="utf-8")
     return results_dir / f"{name}.json"
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int, seed: int = 0) -> dict[str, float]:
+    """Mean of ``a - b`` (per question) and its 95 % percentile interval over ``n`` resamples of questions."""
+    diff = a - b
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n, len(diff)))
+    means = diff[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"delta": float(diff.mean()), "ci95": [float(lo), float(hi)]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -245,3 +246,43 @@ def test_full_mode_retrieval_never_indexes_a_frozen_passage_store(tmp_path, tiny
     summary = json.loads((runs / "DONE.json").read_text())["summary"]
     assert Path(summary["passage_vectors"]).parent.name == "embeddings"
     assert _dense_top(Path(tiny_bert_path), tmp_path / "toy_qa", "d1") == _top(load_run(runs / "dev.trec")["d1"])
+
+
+def test_span_reader_loop_cross_fits_every_score_and_reruns_from_the_cache(tmp_path, tiny_reader_dir, tiny_bert_path):
+    from densekd.encoders.span_reader import SpanReader
+    from densekd.teachers.base import CandidateList
+    from densekd.teachers.span_reader import SpanReaderTeacher
+
+    cfg = write_config(tmp_path, tiny_reader_dir, tiny_bert_path)
+    settings = ["--set", "reader.kind=span", "--set", "reader.cross_fit=true", "--set", f"reader.model={tiny_bert_path}",
+                "--set", "reader.frozen_layers=1", "--set", "teacher.scoring=mass"]
+    assert main(["run", str(cfg), *settings]) == 0
+    out = tmp_path / "out"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [row["iteration"] for row in metrics["iterations"]] == [1, 2]
+    trained = {f: json.loads((out / "iter_1" / f"reader_fold{f}" / "DONE.json").read_text())["summary"]["questions"]
+               for f in (0, 1)}
+    assert trained[0] >= 1 and trained[1] >= 1 and trained[0] + trained[1] == 5
+    # each question's scores are those of the reader that was *not* trained on it
+    from densekd.data.beir import load_corpus, load_queries
+
+    corpus, queries = load_corpus(tmp_path / "toy_qa" / "corpus.jsonl"), load_queries(tmp_path / "toy_qa" / "queries.jsonl")
+    teachers = {f: SpanReaderTeacher(SpanReader.from_pretrained(out / "iter_1" / f"reader_fold{f}" / "model"))
+                for f in (0, 1)}
+    from densekd.pipeline.readers import title_folds
+
+    bm25 = load_run(out / "iter_0" / "runs" / "train.trec")
+    title = {q: corpus[_top(bm25[q])[0]].title for q in bm25}
+    fold = {q: title_folds(list(title.values()))[t] for q, t in title.items()}
+    groups = [json.loads(line) for line in (out / "iter_1" / "scores" / "groups.jsonl").read_text().splitlines()]
+    assert len(groups) == 5
+    for g in groups:
+        pids = list(g["teacher_scores"])
+        lists = [CandidateList(queries[g["qid"]].text, [corpus[p] for p in pids])]
+        got = [g["teacher_scores"][p] for p in pids]
+        matches = [f for f, t in teachers.items() if np.allclose(t.score_candidates(lists)[0], got, atol=1e-4)]
+        assert matches == [1 - fold[g["qid"]]], g["qid"]
+    assert main(["run", str(cfg), *settings]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert all(t["cached"] for t in again["steps"].values()) and again["iterations"] == metrics["iterations"]
+    assert main(["run", str(cfg), "--set", "reader.kind=span", "--set", "teacher.scoring=fid-kd"]) == 2

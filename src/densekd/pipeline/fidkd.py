@@ -16,8 +16,10 @@ Layout of ``output_dir`` (every folder is one :func:`~densekd.pipeline.cache.cac
 the steps downstream of it, and a rerun reuses everything):
 
 * ``iter_0/runs/``: BM25's ``train.trec`` (top ``k`` per training question), ``dev.trec`` (top ``eval_depth``).
-* ``iter_<n>/reader/``: ``model/`` (a :class:`~densekd.encoders.reader.FiDReader` trained on
-  ``iter_<n-1>/runs/train.trec``), ``log_history.json``.
+* ``iter_<n>/reader/``: ``model/`` (the reader, ``reader.kind``: a :class:`~densekd.encoders.reader.FiDReader`
+  or a :class:`~densekd.encoders.span_reader.SpanReader`, trained on ``iter_<n-1>/runs/train.trec``),
+  ``log_history.json``. With ``reader.cross_fit``: ``iter_<n>/reader_fold0/`` and ``reader_fold1/``,
+  each trained on one fold of the questions and scoring the other (:mod:`densekd.pipeline.readers`).
 * ``iter_<n>/scores/groups.jsonl``: one :class:`~densekd.data.types.TrainGroup` per training question
   holding its ``k`` passages and their raw reader scores (``teacher_scores``). ``pos_ids[0]`` is the
   passage the *reader* scored highest (a label derived from the reader, never from qrels; the KL,
@@ -57,6 +59,10 @@ RECALL_KS = (1, 5, 20)
 #: Reader settings that change the trained reader (save_steps and the generation settings do not)
 READER_FIELDS = ("model", "passage_max_length", "answer_max_length", "decoder_layers", "freeze_encoder", "epochs",
                  "max_steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "warmup_ratio", "seed")
+#: ... and those of the span reader (kept out of a FiD reader's key, so its cached runs stay valid)
+SPAN_FIELDS = ("kind", "frozen_layers", "max_answer_tokens", "loss_mode", "select_weight")
+#: Training questions per teacher call while scoring (the unit of resumption)
+SCORE_CHUNK = 16
 
 
 # ----------------------------------------------------------------------------------------- steps
@@ -79,70 +85,92 @@ def bm25_retrieval(ctx: QAContext) -> tuple[Path, str]:
     return folder, key
 
 
-def train_reader(ctx: QAContext, n: int, runs: tuple[Path, str], previous: tuple[Path, str] | None) -> tuple[Path, str]:
-    """Train iteration ``n``'s reader on the top ``k`` passages of ``runs`` (resumable; ``iter_<n>/reader``)."""
-    from transformers import set_seed
+def train_reader(ctx: QAContext, n: int, runs: tuple[Path, str], previous: tuple[Path, str] | None,
+                 qids: list[str], tag: str = "") -> tuple[Path, str]:
+    """Train iteration ``n``'s reader on ``qids`` with the top ``k`` passages of ``runs`` (``iter_<n>/reader<tag>``).
 
-    from densekd.encoders.reader import FiDReader
-    from densekd.training.reader_trainer import ReaderDataset, ReaderExample, ReaderTrainer
+    Resumable; ``tag`` names a cross-fitting fold (``"_fold0"``), whose questions ``qids`` are.
+    """
+    from densekd.pipeline.readers import KINDS
 
     rc, k = ctx.cfg.reader, ctx.cfg.retrieval.k
     start_from = previous if rc.continue_training and previous is not None else None
-    settings = {name: getattr(rc, name) for name in READER_FIELDS}
-    key = cache_key("fidkd-reader-v1", runs[1], settings, k, start_from and start_from[1])
-    checkpoints = steps.checkpoint_folder(ctx.out, f"reader-iter_{n}", key)
+    settings = {name: getattr(rc, name) for name in READER_FIELDS + (SPAN_FIELDS if rc.kind == "span" else ())}
+    key = cache_key("fidkd-reader-v1", runs[1], settings, k, start_from and start_from[1],
+                    *((qids,) if tag else ()))
+    checkpoints = steps.checkpoint_folder(ctx.out, f"reader{tag}-iter_{n}", key)
 
     def compute(out: Path) -> dict[str, Any]:
         run = load_run(runs[0] / "train.trec")
-        examples = [ReaderExample(ctx.queries[q].text, ctx.queries[q].answers, ctx.passages(run, q))
-                    for q in ctx.train_qids if run.get(q)]  # a question BM25 matched nothing for: no input
-        args = rc.to_args(k, checkpoints)
-        set_seed(rc.seed)  # a warm-started reader draws its new cross-attention from the global RNG
+        examples = [(ctx.queries[q].text, ctx.queries[q].answers, ctx.passages(run, q))
+                    for q in qids if run.get(q)]  # a question BM25 matched nothing for: no input
         start = str(start_from[0]) if start_from else rc.model
-        reader = FiDReader.from_pretrained(start, **args.reader_overrides())
-        trainer = ReaderTrainer(reader, args, train_dataset=ReaderDataset(examples, seed=rc.seed))
-        summary = steps.train_resumable(trainer, checkpoints, "reader", out)
-        reader.save_pretrained(out / "model")
+        summary = KINDS[rc.kind].train(rc, k, examples, start, checkpoints, out)
         del summary["steps_this_run"]
         return {**summary, "questions": len(examples), "start": str(start), "passages_from": str(runs[0])}
 
-    folder = ctx.out / f"iter_{n}" / "reader"
-    ctx.step(f"iter_{n}/reader", folder, compute, key, {"reader": settings, "passages_from": str(runs[0])})
+    folder = ctx.out / f"iter_{n}" / f"reader{tag}"
+    ctx.step(f"iter_{n}/reader{tag}", folder, compute, key, {"reader": settings, "passages_from": str(runs[0])})
     steps.drop_checkpoints(checkpoints)
     return folder / "model", key
 
 
-def score_passages(ctx: QAContext, n: int, runs: Path, reader: tuple[Path, str]) -> tuple[list[TrainGroup], str, dict]:
+def cross_fit_folds(ctx: QAContext, bm25_runs: Path) -> dict[str, int]:
+    """Fold (0/1) of each training question: the title of its BM25 top-1 passage, hashed (label-free)."""
+    from densekd.pipeline.readers import title_folds
+
+    run = load_run(bm25_runs / "train.trec")
+    title = {q: p[0].title or p[0].id for q in ctx.train_qids if (p := ctx.passages(run, q))}
+    fold = title_folds(list(title.values()))
+    return {q: fold[t] for q, t in title.items()}
+
+
+def train_readers(ctx: QAContext, n: int, runs: tuple[Path, str], previous: dict | None,
+                  folds: dict[str, int] | None) -> dict[int | None, tuple[Path, str]]:
+    """Iteration ``n``'s reader(s): one on all questions, or one per cross-fitting fold (keyed by fold)."""
+    previous = previous or {}
+    if folds is None:
+        return {None: train_reader(ctx, n, runs, previous.get(None), ctx.train_qids)}
+    return {f: train_reader(ctx, n, runs, previous.get(f), [q for q in ctx.train_qids if folds.get(q) == f],
+                            f"_fold{f}") for f in (0, 1)}
+
+
+def score_passages(ctx: QAContext, n: int, runs: Path, readers: dict[int | None, tuple[Path, str]],
+                   folds: dict[str, int] | None) -> tuple[list[TrainGroup], str, dict]:
     """Reader scores of each training question's ``k`` passages as TrainGroups (``iter_<n>/scores``).
 
-    Resumable: finished questions are appended to ``checkpoints/scores-iter_<n>/<key>/scores.jsonl``
-    as they come, and a rerun skips them.
+    Every reader is a :class:`~densekd.teachers.base.Teacher`: questions are scored as candidate lists
+    (with their gold answer, which only answer-conditioned FiD scorings read). With cross-fitting a
+    question is scored by the reader of the *other* fold. Resumable: finished questions are appended to
+    ``checkpoints/scores-iter_<n>/<key>/scores.jsonl`` a chunk at a time, and a rerun skips them.
     """
-    from densekd.encoders.reader import FiDReader
-    from densekd.teachers.fid import FiDTeacher
+    from densekd.pipeline.readers import KINDS
+    from densekd.teachers.base import CandidateList
 
-    scoring = ctx.cfg.teacher.scoring
-    key = cache_key("fidkd-scores-v1", reader[1], scoring)
+    kind, scoring = KINDS[ctx.cfg.reader.kind], ctx.cfg.teacher.scoring
+    key = cache_key("fidkd-scores-v1", *[readers[f][1] for f in sorted(readers, key=str)], scoring, folds)
     partial = steps.checkpoint_folder(ctx.out, f"scores-iter_{n}", key) / "scores.jsonl"
 
     def compute(out: Path) -> dict[str, Any]:
         run = load_run(runs / "train.trec")
         done = _read_partial(partial)
-        teacher = FiDTeacher(FiDReader.from_pretrained(reader[0]).eval(), scoring)
-        with open(partial, "a", encoding="utf-8") as f:
-            for qid in ctx.train_qids:
-                passages = ctx.passages(run, qid)
-                if qid in done or not passages:
-                    continue
-                # the gold answer: only answer-conditioned scorings (attention-all, adist, pdist) read it
-                scores = teacher.score_passages(ctx.queries[qid].text, passages, ctx.queries[qid].answers[0])
-                done[qid] = _group(qid, [p.id for p in passages], scores)
-                f.write(json.dumps(done[qid].to_json()) + "\n")
-                f.flush()
+        teachers = {f: kind.teacher(path, scoring) for f, (path, _) in readers.items()}
+        todo = [q for q in ctx.train_qids if q not in done and run.get(q)]
+        with open(partial, "a", encoding="utf-8") as fh:
+            for f, teacher in teachers.items():
+                mine = [q for q in todo if f is None or folds.get(q) == 1 - f]
+                for i in range(0, len(mine), SCORE_CHUNK):
+                    chunk = mine[i:i + SCORE_CHUNK]
+                    lists = [CandidateList(ctx.queries[q].text, ctx.passages(run, q), ctx.queries[q].answers[0])
+                             for q in chunk]
+                    for q, item, scores in zip(chunk, lists, teacher.score_candidates(lists)):
+                        done[q] = _group(q, [p.id for p in item.passages], np.asarray(scores))
+                        fh.write(json.dumps(done[q].to_json()) + "\n")
+                    fh.flush()
         groups = [done[qid] for qid in ctx.train_qids if qid in done]
         write_jsonl(out / "groups.jsonl", (g.to_json() for g in groups))
         hits = [has_answer(ctx.corpus[g.pos_ids[0]].text, ctx.queries[g.qid].answers) for g in groups]
-        return {"questions": len(groups), "scoring": scoring,
+        return {"questions": len(groups), "scoring": scoring, "cross_fit": folds is not None,
                 "train_top_attention_has_answer": float(np.mean(hits)) if hits else 0.0}
 
     folder = ctx.out / f"iter_{n}" / "scores"
@@ -180,9 +208,10 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
     from densekd.training.dataset import TrainGroupDataset
     from densekd.training.trainer import DistillTrainer
 
-    s, k, normalize = ctx.cfg.retriever, ctx.cfg.retrieval.k, ctx.cfg.teacher.normalize
+    s, normalize = ctx.cfg.retriever, ctx.cfg.teacher.normalize
+    k = s.group_size or ctx.cfg.retrieval.k  # the first k of each group: the reader's favourite, then retrieval order
     start_from = previous if s.continue_training and previous is not None else None
-    settings = {name: v for name, v in asdict(s).items() if name != "save_steps"}
+    settings = {name: v for name, v in asdict(s).items() if name != "save_steps" and (name != "group_size" or v)}
     key = cache_key("fidkd-retriever-v1", scores_key, settings, k, normalize, start_from and start_from[1])
     if normalize == "zscore":
         from densekd.scores import zscore
@@ -260,9 +289,11 @@ def retrieve(ctx: QAContext, n: int, retriever: tuple[Path, str], base_store: An
 
 
 def evaluate_reader(ctx: QAContext, n: int, reader: tuple[Path, str], runs: tuple[Path, str]) -> dict[str, float]:
-    """Reader ``n`` on the evaluation questions over the top ``k`` of ``runs``: EM/F1, top-scored passage."""
-    from densekd.encoders.reader import FiDReader
-    from densekd.teachers.fid import FiDTeacher
+    """Reader ``n`` on the evaluation questions over the top ``k`` of ``runs``: EM/F1, top-scored passage.
+
+    With cross-fitting the fold-0 reader answers (both folds' readers are trained alike).
+    """
+    from densekd.pipeline.readers import KINDS
 
     rc, scoring = ctx.cfg.reader, ctx.cfg.teacher.scoring
     qids = sample_ids(ctx.eval_qids, rc.eval_max_queries, ctx.cfg.data.seed)
@@ -270,18 +301,15 @@ def evaluate_reader(ctx: QAContext, n: int, reader: tuple[Path, str], runs: tupl
 
     def compute(out: Path) -> dict[str, Any]:
         run = load_run(runs[0] / "dev.trec")
-        teacher = FiDTeacher(FiDReader.from_pretrained(reader[0]).eval(), scoring)
-        rows: list[dict[str, Any]] = []
         asked = [q for q in qids if run.get(q)]  # no passage: no prediction (scored as a miss)
-        for i in range(0, len(asked), rc.eval_batch_size):
-            batch = asked[i:i + rc.eval_batch_size]
-            passages = [ctx.passages(run, q) for q in batch]
-            preds = teacher.reader.generate([ctx.queries[q].text for q in batch], passages, num_beams=rc.num_beams)
-            for qid, plist, pred in zip(batch, passages, preds):
-                # answer-conditioned scorings get the reader's own answer: gold answers stay unseen here
-                top = plist[int(np.argmax(teacher.score_passages(ctx.queries[qid].text, plist, pred)))]
-                rows.append({"qid": qid, "prediction": pred, "top_pid": top.id,
-                             "top_has_answer": has_answer(top.text, ctx.queries[qid].answers)})
+        passages = [ctx.passages(run, q) for q in asked]
+        reads = KINDS[rc.kind].read(reader[0], scoring, [ctx.queries[q].text for q in asked], passages,
+                                    rc.eval_batch_size, rc.num_beams)
+        rows: list[dict[str, Any]] = []
+        for qid, plist, (pred, scores) in zip(asked, passages, reads):
+            top = plist[int(np.argmax(scores))]
+            rows.append({"qid": qid, "prediction": pred, "top_pid": top.id,
+                         "top_has_answer": has_answer(top.text, ctx.queries[qid].answers)})
         write_jsonl(out / "predictions.jsonl", rows)
         em_f1 = reader_metrics({r["qid"]: r["prediction"] for r in rows}, {q: ctx.queries[q] for q in qids})
         return {"reader_em": em_f1["em"], "reader_f1": em_f1["f1"],
@@ -318,11 +346,13 @@ def run_fidkd(cfg: FidKDConfig) -> dict[str, Any]:
         start = Path(resolve_model_path(cfg.retriever.model))
         weights = start / "model.safetensors"  # keyed by content: a checkpoint rewritten in place re-encodes
         base_store = corpus_vectors(ctx, start, file_digest(weights) if weights.is_file() else str(start), "base")
-    reader = retriever = None
+    folds = cross_fit_folds(ctx, runs[0]) if cfg.reader.cross_fit else None
+    readers = retriever = None
     groups: list[TrainGroup] = []
     for n in range(1, cfg.iterations + 1):
-        reader = train_reader(ctx, n, runs, reader)
-        groups, scores_key, score_summary = score_passages(ctx, n, runs[0], reader)
+        readers = train_readers(ctx, n, runs, readers, folds)
+        reader = readers[0 if folds is not None else None]
+        groups, scores_key, score_summary = score_passages(ctx, n, runs[0], readers, folds)
         retriever = train_retriever(ctx, n, groups, scores_key, base_store, retriever)
         runs = retrieve(ctx, n, retriever, base_store)
         row = {"iteration": n, **answer_recall(load_run(runs[0] / "dev.trec"), eval_queries, ctx.corpus, RECALL_KS),

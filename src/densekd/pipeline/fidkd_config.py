@@ -67,15 +67,28 @@ class RetrievalSection:
 
 @dataclass
 class ReaderSection:
-    """The FiD reader trained at each iteration (:mod:`densekd.encoders.reader`, :mod:`densekd.training.reader_trainer`).
+    """The reader trained at each iteration (:mod:`densekd.pipeline.readers`).
 
     Attributes
     ----------
+    kind
+        ``"fid"``: generative Fusion-in-Decoder reader (:mod:`densekd.encoders.reader`), scored by its
+        cross-attention; ``"span"``: extractive pointer reader (:mod:`densekd.encoders.span_reader`),
+        scored by the pointer mass each passage receives, trainable on CPU from MiniLM.
+    cross_fit
+        Train two readers on two folds of the training questions (split by their BM25 top-1 passage's
+        title) and let each score the other fold, so no label comes from a question its reader saw.
+        Doubles the reader trainings, each on half the questions.
     model
         Start checkpoint: any seq2seq checkpoint or an encoder-only one warm-started as BERT2BERT
         (``null`` = bundled all-MiniLM-L6-v2).
     passage_max_length, answer_max_length, decoder_layers, freeze_encoder
-        :class:`~densekd.encoders.reader.FiDReaderConfig` fields (``n_passages`` is ``retrieval.k``).
+        :class:`~densekd.encoders.reader.FiDReaderConfig` fields (``n_passages`` is ``retrieval.k``);
+        the span reader reads ``passage_max_length`` tokens per question + passage pair.
+    frozen_layers, max_answer_tokens, loss_mode, select_weight
+        Span reader only (:class:`~densekd.encoders.span_reader.SpanReaderConfig`): lower layers kept
+        frozen (states cached once), longest answer span, ``marginal`` or ``hard_em`` pointer loss,
+        weight of the passage-selection loss (0 = pointer only).
     continue_training
         Iteration ``n > 1`` starts from iteration ``n - 1``'s reader (``false``: from ``model`` again,
         as the paper retrains its reader; continuing is far cheaper on CPU).
@@ -91,9 +104,15 @@ class ReaderSection:
         Answer generation on the evaluation questions.
     """
 
+    kind: str = "fid"
+    cross_fit: bool = False
     model: str | None = None
     passage_max_length: int = 192
     answer_max_length: int = 24
+    frozen_layers: int = 4
+    max_answer_tokens: int = 16
+    loss_mode: str = "marginal"
+    select_weight: float = 0.0
     decoder_layers: int | None = 2
     freeze_encoder: bool = False
     continue_training: bool = True
@@ -121,6 +140,17 @@ class ReaderSection:
             freeze_encoder=self.freeze_encoder, gradient_accumulation_steps=self.gradient_accumulation_steps,
             **section_training_args(self, checkpoints))
 
+    def to_span_args(self, n_passages: int, checkpoints: Path) -> Any:
+        """The :class:`~densekd.training.span_reader_config.SpanReaderArgs` of a span reader reading ``n_passages``."""
+        from densekd.pipeline.checkpoints import section_training_args
+        from densekd.training.span_reader_config import SpanReaderArgs
+
+        return SpanReaderArgs(
+            model_name_or_path=self.model, n_passages=n_passages, max_length=self.passage_max_length,
+            frozen_layers=self.frozen_layers, max_answer_tokens=self.max_answer_tokens, loss_mode=self.loss_mode,
+            select_weight=self.select_weight,
+            gradient_accumulation_steps=self.gradient_accumulation_steps, **section_training_args(self, checkpoints))
+
 
 @dataclass
 class ReaderTeacherSection:
@@ -129,7 +159,10 @@ class ReaderTeacherSection:
     Attributes
     ----------
     scoring
-        A :data:`densekd.teachers.fid.PRESETS` name: ``fid-kd`` (the paper: pre-softmax attention of
+        Span reader: ``mass`` (logsumexp of a passage's start logits: softmax over passages = the
+        pointer's mass per passage), ``span`` (best span's start + end logit) or ``select`` (the
+        passage-selection logit; needs ``reader.select_weight > 0``). FiD reader: a
+        :data:`densekd.teachers.fid.PRESETS` name: ``fid-kd`` (the paper: pre-softmax attention of
         the first decoded token, mean over layers, heads and tokens), ``attention-all``,
         ``attention-max``, ``attention-post``, ``adist`` or ``pdist``. Scorings that condition on the
         answer use the gold answer for training questions and the reader's own answer on the
@@ -171,6 +204,11 @@ class RetrieverSection:
         paper's choice), ``{mse: {}}`` or ``{margin_ranking: {margin: 0.1}}``. Candidate 0 of a
         group is the reader's top-scored passage (a label from the reader, never from qrels), so a
         ``contrastive`` term would treat the reader's favourite as the positive.
+    group_size
+        Candidates per question in the retriever's loss: the reader's favourite first, then the other
+        scored passages in retrieval order (``null`` = all ``retrieval.k``). ``2`` is DPR's recipe (one
+        positive, one hard negative, in-batch negatives): in ``full`` mode the passage forward and
+        backward pass dominates the cost, which grows linearly with it.
     batch_size, epochs, max_steps, learning_rate, warmup_ratio, seed, logging_steps
         Training settings (``batch_size`` = questions per step).
     query_max_length, passage_max_length
@@ -183,6 +221,7 @@ class RetrieverSection:
     train_mode: str = "query_only"
     continue_training: bool = True
     loss: dict[str, Any] = field(default_factory=default_retriever_loss)
+    group_size: int | None = None
     batch_size: int = 16
     epochs: float = 2.0
     max_steps: int = -1
@@ -246,6 +285,7 @@ class FidKDConfig:
         # imports here: building a config for --help must not pull torch in
         from densekd.losses import build_loss
         from densekd.pipeline.validate import check_numbers
+        from densekd.encoders.span_reader import SCORINGS as SPAN_SCORINGS
         from densekd.teachers.fid import PRESETS
         from densekd.training.config import TRAIN_MODES
 
@@ -260,8 +300,19 @@ class FidKDConfig:
                              f"(answer_recall@20), got k={r.k}, eval_depth={r.eval_depth}")
         if self.teacher.normalize not in ("none", "zscore"):
             raise ValueError(f"teacher.normalize must be 'none' or 'zscore', got {self.teacher.normalize!r}")
-        if self.teacher.scoring not in PRESETS:
-            raise ValueError(f"teacher.scoring must be one of {sorted(PRESETS)}, got {self.teacher.scoring!r}")
+        if self.retriever.group_size is not None and not 2 <= self.retriever.group_size <= r.k:
+            raise ValueError(f"retriever.group_size must be null or in [2, retrieval.k={r.k}], "
+                             f"got {self.retriever.group_size}")
+        if self.reader.kind not in ("fid", "span"):
+            raise ValueError(f"reader.kind must be 'fid' or 'span', got {self.reader.kind!r}")
+        scorings = sorted(PRESETS) if self.reader.kind == "fid" else list(SPAN_SCORINGS)
+        if self.teacher.scoring not in scorings:
+            raise ValueError(f"teacher.scoring must be one of {scorings} for reader.kind {self.reader.kind!r}, "
+                             f"got {self.teacher.scoring!r}")
+        if self.teacher.scoring == "select" and not self.reader.select_weight:
+            raise ValueError("teacher.scoring 'select' needs reader.select_weight > 0 (an untrained selection head)")
+        if self.reader.loss_mode not in ("marginal", "hard_em"):
+            raise ValueError(f"reader.loss_mode must be 'marginal' or 'hard_em', got {self.reader.loss_mode!r}")
         if self.retriever.train_mode not in TRAIN_MODES:
             raise ValueError(f"retriever.train_mode must be one of {TRAIN_MODES}, got {self.retriever.train_mode!r}")
         for name, value in (("data.max_train_queries", self.data.max_train_queries),

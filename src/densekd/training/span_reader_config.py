@@ -1,0 +1,56 @@
+"""Training arguments of :class:`~densekd.training.span_reader_trainer.SpanReaderTrainer`.
+
+:class:`SpanReaderArgs` is a :class:`~densekd.training.arguments.DensekdArguments` (a
+``transformers.TrainingArguments`` with densekd's shared defaults) plus the pointer reader's settings
+(:class:`~densekd.encoders.span_reader.SpanReaderConfig`). ``per_device_train_batch_size`` counts
+questions (each reads ``n_passages`` passages).
+
+Defaults that differ from ``TrainingArguments`` and why
+--------------------------------------------------------
+* ``learning_rate=1e-4``: only the top layers and a new head train (the lower ones are frozen and
+  their states cached), so a BERT fine-tuning rate on the small trained part converges in one epoch.
+* ``frozen_layers=4`` of MiniLM's 6: training the top 2 layers from cached states runs ~20 pairs/s on
+  2 CPU cores, ~3x the full model (measured in ``bench/fid_reader_probe.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from densekd.losses.span import SPAN_MODES
+from densekd.training.arguments import DensekdArguments
+
+
+@dataclass
+class SpanReaderArgs(DensekdArguments):
+    """Arguments of :func:`~densekd.training.span_reader_trainer.train_span_reader` (module docstring)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Start encoder checkpoint (or a saved span reader); None = all-MiniLM-L6-v2."})
+    n_passages: int = field(default=5, metadata={"help": "Passages read per question (shared normalisation)."})
+    max_length: int = field(default=192, metadata={"help": "Tokens per question + passage pair."})
+    frozen_layers: int = field(
+        default=4, metadata={"help": "Lower encoder layers kept frozen; their states are computed once and cached."})
+    max_answer_tokens: int = field(default=16, metadata={"help": "Longest answer span (tokens) when decoding."})
+    loss_mode: str = field(
+        default="marginal", metadata={"help": "marginal (sum over answer occurrences) or hard_em (best one)."})
+
+    select_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the passage-selection loss (0 = pointer loss only)."})
+
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (AdamW)."})
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Linear warm-up: steps (>= 1) or a ratio of all steps (< 1)."})
+
+    def validate(self) -> None:
+        if self.loss_mode not in SPAN_MODES:
+            raise ValueError(f"loss_mode must be one of {SPAN_MODES}, got {self.loss_mode!r}")
+        if self.n_passages < 1 or self.frozen_layers < 0 or self.max_length < 16:
+            raise ValueError("n_passages >= 1, frozen_layers >= 0 and max_length >= 16 are required")
+
+    def reader_overrides(self) -> dict[str, Any]:
+        """The :class:`~densekd.encoders.span_reader.SpanReaderConfig` fields set here."""
+        return {"n_passages": self.n_passages, "max_length": self.max_length, "frozen_layers": self.frozen_layers,
+                "max_answer_tokens": self.max_answer_tokens, "loss_mode": self.loss_mode,
+                "select_weight": self.select_weight}
