@@ -179,3 +179,14 @@ def test_resumed_span_reader_training_matches_an_uninterrupted_run(tiny_bert_pat
     resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_title_folds_are_stable_balanced_and_the_teacher_refuses_unknown_scorings(reader):
+    from densekd.pipeline.readers import title_folds
+
+    titles = [f"article {i}" for i in range(9)] * 3
+    folds = title_folds(titles)
+    assert folds == title_folds(list(reversed(titles))) and sorted(folds.values()).count(0) == 5
+    assert set(title_folds(["a", "b"]).values()) == {0, 1}
+    with pytest.raises(ValueError, match="scoring"):
+        SpanReaderTeacher(reader, "attention")
