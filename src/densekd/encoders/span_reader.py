@@ -48,7 +48,7 @@ from transformers import AutoModel, AutoTokenizer
 from densekd.data.io import DataFormatError, atomic_path, atomic_write
 from densekd.encoders.dense import resolve_model_path
 from densekd.encoders.span_inputs import PassageLike, SpanInputs, tokenize_pairs
-from densekd.losses.span import pointer_nll, span_pointer_loss
+from densekd.losses.span import SPAN_MODES, pointer_nll, span_pointer_loss
 
 CONFIG_NAME = "densekd_span_reader.json"
 HEAD_NAME = "span_head.safetensors"
@@ -68,7 +68,12 @@ class SpanReaderConfig:
 
     def __post_init__(self) -> None:
         if self.n_passages < 1 or self.max_length < 16 or self.max_answer_tokens < 1 or self.frozen_layers < 0:
-            raise ValueError(f"invalid SpanReaderConfig: {self}")
+            raise ValueError(f"n_passages >= 1, max_length >= 16, max_answer_tokens >= 1 and frozen_layers >= 0 "
+                             f"are required: {self}")
+        if self.loss_mode not in SPAN_MODES:
+            raise ValueError(f"loss_mode must be one of {SPAN_MODES}, got {self.loss_mode!r}")
+        if self.select_weight < 0:
+            raise ValueError(f"select_weight must be >= 0, got {self.select_weight}")
 
 
 class SpanReader(nn.Module):

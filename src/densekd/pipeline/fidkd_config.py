@@ -283,9 +283,10 @@ class FidKDConfig:
 
     def __post_init__(self) -> None:
         # imports here: building a config for --help must not pull torch in
-        from densekd.losses import build_loss
-        from densekd.pipeline.validate import check_numbers
         from densekd.encoders.span_reader import SCORINGS as SPAN_SCORINGS
+        from densekd.losses import build_loss
+        from densekd.losses.span import SPAN_MODES
+        from densekd.pipeline.validate import check_numbers
         from densekd.teachers.fid import PRESETS
         from densekd.training.config import TRAIN_MODES
 
@@ -311,8 +312,8 @@ class FidKDConfig:
                              f"got {self.teacher.scoring!r}")
         if self.teacher.scoring == "select" and not self.reader.select_weight:
             raise ValueError("teacher.scoring 'select' needs reader.select_weight > 0 (an untrained selection head)")
-        if self.reader.loss_mode not in ("marginal", "hard_em"):
-            raise ValueError(f"reader.loss_mode must be 'marginal' or 'hard_em', got {self.reader.loss_mode!r}")
+        if self.reader.loss_mode not in SPAN_MODES:
+            raise ValueError(f"reader.loss_mode must be one of {SPAN_MODES}, got {self.reader.loss_mode!r}")
         if self.retriever.train_mode not in TRAIN_MODES:
             raise ValueError(f"retriever.train_mode must be one of {TRAIN_MODES}, got {self.retriever.train_mode!r}")
         for name, value in (("data.max_train_queries", self.data.max_train_queries),

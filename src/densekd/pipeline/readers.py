@@ -4,7 +4,7 @@
   :class:`~densekd.teachers.fid.FiDTeacher` (cross-attention presets, ``teacher.scoring``). The
   paper's reader; meant for a pretrained seq2seq checkpoint.
 * ``span``: the extractive pointer reader (:mod:`densekd.encoders.span_reader`); teacher
-  :class:`~densekd.teachers.span_reader.SpanReaderTeacher` (``mass`` / ``span``). Trainable on CPU
+  :class:`~densekd.teachers.span_reader.SpanReaderTeacher` (``mass`` / ``span`` / ``select``). Trainable on CPU
   from the bundled MiniLM (lower layers frozen, their states cached).
 
 Each kind provides ``train(examples, start, args, checkpoints, out) -> summary`` (resumable HF
@@ -29,8 +29,6 @@ from typing import Any
 import numpy as np
 
 from densekd.pipeline import steps
-
-SPAN_SCORINGS = ("mass", "span")
 
 
 def title_folds(titles: Sequence[str]) -> dict[str, int]:

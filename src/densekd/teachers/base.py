@@ -78,13 +78,16 @@ class Teacher(Protocol):
 
 
 def score_as_pairs(score_pairs: Callable[..., np.ndarray], lists: Sequence[CandidateList],
-                   batch_size: int | None, show_progress: bool) -> list[np.ndarray]:
-    """Score every ``(query, candidate text)`` pair of ``lists`` in one call, then split per list.
+                   batch_size: int | None, show_progress: bool,
+                   as_input: Callable[[Candidate], Any] = candidate_text) -> list[np.ndarray]:
+    """Score every ``(query, candidate)`` pair of ``lists`` in one call, then split per list.
 
     One call for all lists: a cross-encoder then length-sorts across queries, and the pairs (hence
-    the scores) are exactly those of scoring the flattened lists directly.
+    the scores) are exactly those of scoring the flattened lists directly. ``as_input`` turns a
+    candidate into what ``score_pairs`` reads (default: its text; a reader that keeps titles apart
+    takes the candidate itself).
     """
-    pairs = [(item.query, candidate_text(p)) for item in lists for p in item.passages]
+    pairs = [(item.query, as_input(p)) for item in lists for p in item.passages]
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
     raw = np.asarray(score_pairs(pairs, show_progress=show_progress, **kwargs))
     if raw.shape != (len(pairs),):

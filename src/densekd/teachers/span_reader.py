@@ -16,7 +16,6 @@ so the gold answer never leaks into the labels.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +33,7 @@ from densekd.teachers.base import (
     CandidateList,
     fingerprint_parts,
     fingerprint_state_dict,
+    score_as_pairs,
 )
 from densekd.teachers.model_fingerprint import CachedFingerprint, tokenizer_state
 
@@ -90,10 +90,8 @@ class SpanReaderTeacher:
     def score_candidates(self, lists: Sequence[CandidateList], batch_size: int | None = None,
                          show_progress: bool = False) -> list[np.ndarray]:
         """Every list's candidates scored in one batched pass, split back per list (input order)."""
-        pairs = [(item.query, p) for item in lists for p in item.passages]
-        flat = self.score_pairs(pairs, batch_size, show_progress)
-        bounds = np.cumsum([0] + [len(item.passages) for item in lists])
-        return [flat[a:b] for a, b in pairwise(bounds)]
+        # the candidates themselves, not their text: the reader reads a passage's title apart from its text
+        return score_as_pairs(self.score_pairs, lists, batch_size, show_progress, as_input=lambda p: p)
 
 
 class Reading(NamedTuple):

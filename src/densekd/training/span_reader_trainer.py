@@ -29,7 +29,7 @@ from transformers import set_seed
 
 from densekd.encoders.span_reader import CONFIG_NAME, SpanReader
 from densekd.training.checkpointing import CheckpointTrainer
-from densekd.training.reader_trainer import ReaderExample
+from densekd.training.reader_trainer import ReaderDataset, ReaderExample
 from densekd.training.span_reader_config import SpanReaderArgs
 
 _TARGETS = ("attention_mask", "token_mask", "start_targets", "end_targets")
@@ -52,10 +52,7 @@ class SpanReaderDataset(Dataset):
 
     def __init__(self, reader: SpanReader, examples: Sequence[ReaderExample | tuple], chunk: int = 4,
                  show_progress: bool = False):
-        examples = [ReaderExample(*ex) for ex in examples]
-        for i, ex in enumerate(examples):
-            if not ex.answers or not ex.passages:
-                raise ValueError(f"example {i} ({ex.question!r}) needs at least one answer and one passage")
+        examples = ReaderDataset(examples).examples  # its checks: every example has an answer and a passage
         self.items: list[dict[str, Tensor]] = []
         self.answerable = 0
         bar = tqdm(range(0, len(examples), chunk), desc="span reader inputs", unit="chunk", disable=not show_progress)
