@@ -94,6 +94,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--gold-epochs", type=float, default=None,
                     help="epochs of the gold-trained retriever (default: as many as the loop's last retriever saw)")
     ap.add_argument("--no-gold", action="store_true", help="skip the gold-trained retriever (probes)")
+    ap.add_argument("--seeds", default="",
+                    help="comma-separated retriever seeds: iteration 1's distilled and the gold-trained retriever "
+                         "are trained again with each (the config's seed is reused), mean and std reported "
+                         "(~19 min a seed here)")
     ap.add_argument("--results-name", default=NAME, help="bench/results/<name>.{json,md,png}")
     ap.add_argument("--results-dir", default=None,
                     help="where the results go (default bench/results; smoke: bench/results/smoke)")
@@ -184,19 +188,21 @@ def zeroshot_row(ctx: QAContext) -> tuple[dict[str, Any], dict[str, Any]]:
             "runs_dir": str(runs)}, zctx.timings
 
 
-def gold_row(ctx: QAContext, epochs: float) -> tuple[dict[str, Any], dict[str, Any]]:
+def gold_row(ctx: QAContext, epochs: float, seed: int | None = None,
+             name: str = "gold") -> tuple[dict[str, Any], dict[str, Any]]:
     """A retriever trained contrastively on the gold paragraphs of the loop's training questions.
 
     Positive: the question's ``qrels/train.tsv`` paragraph; negatives: BM25's top ``k`` (the loop's
-    ``iter_0/runs/train.trec``) without it, best first, ``k - 1`` of them; every other setting as the loop.
+    ``iter_0/runs/train.trec``) without it, best first, ``k - 1`` of them; every other setting as the loop
+    (``seed``: another retriever seed, trained into ``output_dir/<name>``).
     """
     from densekd.data.beir import load_qrels
     from densekd.mining.negatives import mine_negatives_with_stats
 
     r = ctx.cfg.retriever
     temperature = (r.loss.get("kl") or {}).get("student_temperature", 0.05)
-    gctx = sub_context(ctx, "gold", loss={"contrastive": {"weight": 1.0, "temperature": temperature}},
-                       continue_training=False, epochs=epochs)
+    gctx = sub_context(ctx, name, loss={"contrastive": {"weight": 1.0, "temperature": temperature}},
+                       continue_training=False, epochs=epochs, seed=r.seed if seed is None else seed)
     qrels_file = Path(ctx.cfg.data.root) / "qrels" / "train.tsv"
     train = set(ctx.train_qids)
     qrels = {q: d for q, d in load_qrels(qrels_file, corpus=ctx.corpus, queries=ctx.queries).items() if q in train}
@@ -241,6 +247,49 @@ def oracle_row(ctx: QAContext, base: Any) -> tuple[dict[str, Any], dict[str, Any
     row["query_cosine"] = query_cosine(octx, model[0])
     row["teacher_top_has_answer"] = sum(g.teacher_scores[g.pos_ids[0]] for g in groups) / max(len(groups), 1)
     return row, octx.timings
+
+
+def seed_rows(ctx: QAContext, seeds: list[int], iteration_1: dict[str, Any], gold: dict[str, Any] | None,
+              gold_epochs: float) -> dict[str, Any]:
+    """Iteration 1's distilled retriever and the gold-trained one, each trained again with other seeds.
+
+    The distilled students all learn from the *same* cached reader scores (``iter_1/scores``: the readers
+    are trained once), the gold ones from the same gold groups; only the retriever seed (data order,
+    dropout) changes. The config's own seed is not retrained: its rows are the loop's iteration 1 and
+    ``gold_trained``. Returns per-seed dev recalls, mean and std per arm, and the per-seed difference.
+    """
+    import json
+
+    from densekd.data.types import TrainGroup
+
+    lines = (ctx.out / "iter_1" / "scores" / "groups.jsonl").read_text(encoding="utf-8").splitlines()
+    groups = [TrainGroup.from_json(json.loads(line)) for line in lines]
+    key = cache_key("bench-seed-distilled-v1", [g.to_json() for g in groups])
+    base = base_store(ctx) if ctx.cfg.retriever.train_mode == "query_only" else None
+    own = ctx.cfg.retriever.seed
+    arms: dict[str, dict[int, dict[str, float]]] = {"distilled": {own: {m: iteration_1[m] for m in RECALLS}}}
+    if gold is not None:
+        arms["gold_trained"] = {own: {m: gold[m] for m in RECALLS}}
+    for seed in [s for s in seeds if s != own]:
+        dctx = sub_context(ctx, f"seeds/distilled_{seed}", continue_training=False, seed=seed)
+        dctx = dataclasses.replace(dctx, cfg=dataclasses.replace(dctx.cfg, teacher=ctx.cfg.teacher))
+        model = fidkd.train_retriever(dctx, 0, groups, key, base, None)
+        runs, _ = fidkd.retrieve(dctx, 0, model, base)
+        arms["distilled"][seed] = {m: recalls(dctx, runs)[m] for m in RECALLS}
+        if gold is not None:
+            row, _ = gold_row(ctx, gold_epochs, seed=seed, name=f"seeds/gold_{seed}")
+            arms["gold_trained"][seed] = {m: row[m] for m in RECALLS}
+        log.info("seed %d: %s", seed, {a: v[seed] for a, v in arms.items()})
+    out: dict[str, Any] = {"seeds": sorted(arms["distilled"])}
+    for arm, per_seed in arms.items():
+        out[arm] = {"per_seed": {str(s): v for s, v in sorted(per_seed.items())},
+                    **{f"{m}_mean": float(np.mean([v[m] for v in per_seed.values()])) for m in RECALLS},
+                    **{f"{m}_std": float(np.std([v[m] for v in per_seed.values()])) for m in RECALLS}}
+    if gold is not None:
+        diff = [arms["distilled"][s]["answer_recall@1"] - arms["gold_trained"][s]["answer_recall@1"]
+                for s in out["seeds"]]
+        out["distilled_minus_gold_r1"] = {"per_seed": diff, "mean": float(np.mean(diff)), "std": float(np.std(diff))}
+    return out
 
 
 # ----------------------------------------------------------------------------------------- analysis
@@ -337,6 +386,21 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def seed_markdown(seeds: dict[str, Any]) -> str:
+    """The seeds section: iteration 1's distilled retriever beside the gold-trained one, per seed and mean ± std."""
+    arms = [a for a in ("distilled", "gold_trained") if a in seeds]
+    rows = [[f"seed {s}", *[seeds[a]["per_seed"][str(s)][m] for a in arms for m in RECALLS]] for s in seeds["seeds"]]
+    rows.append(["mean ± std", *[f"{seeds[a][m + '_mean']:.3f} ± {seeds[a][m + '_std']:.3f}"
+                                 for a in arms for m in RECALLS]])
+    header = ["retriever seed", *[f"{a.replace('_', '-')} R@{k}" for a in arms for k in KS]]
+    text = ("## Seeds: iteration 1 (reader scores, no labels) vs gold-trained, same questions, recipe and steps\n\n"
+            + markdown_table(header, rows))
+    if "distilled_minus_gold_r1" in seeds:
+        d = seeds["distilled_minus_gold_r1"]
+        text += f"\nDistilled minus gold-trained R@1, per seed: {d['mean']:+.3f} ± {d['std']:.3f}.\n"
+    return text + "\n"
+
+
 def markdown(result: dict[str, Any]) -> str:
     q = result["questions"]
     header = ["system", *[f"R@{k}" for k in KS], "reader EM", "reader F1", "top-attention has answer",
@@ -385,6 +449,7 @@ def markdown(result: dict[str, Any]) -> str:
         it = g["iteration_2_at_least_1"]
         goal_lines.append(f"- iteration 2 >= iteration 1: {it['values'][1]:.3f} vs {it['values'][0]:.3f} -> "
                           f"**{verdict(it)}**")
+    seeds = seed_markdown(result["seeds"]) if result.get("seeds") else ""
     lq = markdown_table(["iteration", "reader's top of k has answer", "retriever's top of k has answer",
                          "any of k has answer"],
                         [[n, v["reader_top_has_answer"], v["retrieved_top_has_answer"], v["any_of_k_has_answer"]]
@@ -406,7 +471,7 @@ def markdown(result: dict[str, Any]) -> str:
               "holds an answer string (answers only, no qrels): what a perfect reader would hand the retriever.\n\n"
             + "\nSide result, not the retriever's: each dense run fused with BM25's (reciprocal rank, top "
               f"{s['eval_depth']} of each):\n\n" + fused
-            + "\n## Goals (issue 14)\n\n" + "\n".join(goal_lines) + "\n\n"
+            + "\n## Goals (issue 14)\n\n" + "\n".join(goal_lines) + "\n\n" + seeds
             + "## Label quality on the training questions (the passages each reader scored)\n\n" + lq + "\n"
             + f"## Settings\n\n- k = {s['k']} passages per question; reader: {s['reader']}\n"
               f"- teacher: {s['teacher']}\n- retriever: {s['retriever']}\n- gold-trained: contrastive, "
@@ -459,12 +524,19 @@ def main() -> None:
         stages["gold (total)"] = {"seconds": round(time.perf_counter() - start, 1)}
         log.info("gold-trained: %s", {m: round(gold[m], 3) for m in RECALLS})
 
+    seeds = None
+    if args.seeds:
+        start = time.perf_counter()
+        seeds = seed_rows(ctx, [int(x) for x in args.seeds.split(",")], iterations[0], gold,
+                          gold["epochs"] if gold else 0.0)
+        stages["seeds (total)"] = {"seconds": round(time.perf_counter() - start, 1)}
+
     last_runs = ctx.out / f"iter_{iterations[-1]['iteration']}" / "runs"
     boot = paired_bootstrap(dev_hits(ctx, last_runs), dev_hits(ctx, Path(zeroshot["runs_dir"])), BOOTSTRAP)
     r1 = "answer_recall@1"
     result = {
         "bm25": bm25, "zeroshot": zeroshot, "gold_trained": gold, "iterations": iterations,
-        "answer_oracle_teacher": oracle,
+        "answer_oracle_teacher": oracle, "seeds": seeds,
         "hybrid": {"bm25": {m: bm25[m] for m in RECALLS}, "zeroshot": zeroshot["fused_with_bm25"],
                    "distilled": iterations[-1]["fused_with_bm25"]},
         "bootstrap_ci_r1_vs_zeroshot": boot["ci95"], "delta_r1_vs_zeroshot": boot["delta"],
