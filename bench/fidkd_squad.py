@@ -147,12 +147,9 @@ def sub_context(ctx: QAContext, name: str, **retriever: Any) -> QAContext:
 
 def base_store(ctx: QAContext) -> Any:
     """The start retriever's corpus vectors, exactly as :func:`run_fidkd` caches them (``query_only``)."""
-    from densekd.data.hashing import file_digest
-    from densekd.encoders.dense import resolve_model_path
+    from densekd.pipeline import steps
 
-    start = Path(resolve_model_path(ctx.cfg.retriever.model))
-    weights = start / "model.safetensors"
-    return fidkd.corpus_vectors(ctx, start, file_digest(weights) if weights.is_file() else str(start), "base")
+    return steps.corpus_embeddings(ctx, ctx.cfg.retriever.model, ctx.cfg.retriever.passage_max_length, "base")
 
 
 def recalls(ctx: QAContext, runs: Path, bm25: Path | None = None) -> dict[str, Any]:

@@ -200,3 +200,33 @@ def test_corpus_vectors_are_keyed_by_the_corpus_not_the_queries(tmp_path, toy_be
     third = steps.load_context(cfg)
     steps.corpus_embeddings(third, tiny_bert_path, 32, "base")
     assert third.timings["encode:base"]["cached"] is False
+
+
+def test_corpus_vectors_follow_the_weights_not_the_folder(tmp_path, toy_beir_dir, tiny_bert_path):
+    """An untied model folder (no top-level model.safetensors) rewritten in place with a changed passage
+    tower is encoded again, and its vectors are the new tower's: the key never falls back to the path."""
+    import numpy as np
+    import torch
+
+    from densekd.cli.config import load_config
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.pipeline import steps
+    from densekd.pipeline.config import PipelineConfig
+
+    cfg = load_config(_config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"cross_encoder": 1.0}), [],
+                      PipelineConfig)
+    ctx = steps.load_context(cfg)
+    folder = tmp_path / "student"
+    encoder = DenseEncoder.from_pretrained(tiny_bert_path, shared=False)
+    encoder.save_pretrained(folder)
+    before = steps.corpus_embeddings(ctx, folder, 32, "student")
+    with torch.no_grad():
+        next(encoder.passage_model.parameters()).add_(0.5)
+    encoder.save_pretrained(folder)
+    after = steps.corpus_embeddings(ctx, folder, 32, "student")
+    assert ctx.timings["encode:student"]["cached"] is False
+    assert after.fingerprint != before.fingerprint
+    texts = [p.full_text() for p in ctx.corpus.values()]
+    expected = DenseEncoder.from_pretrained(folder, passage_max_length=32).encode_passages(texts, show_progress=False)
+    rows = [after.ids.index(pid) for pid in ctx.corpus]
+    np.testing.assert_allclose(np.asarray(after.embeddings)[rows], expected, atol=1e-5)

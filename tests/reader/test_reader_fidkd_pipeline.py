@@ -176,25 +176,35 @@ def test_fidkd_config_errors_name_the_file(tmp_path, tiny_reader_dir, tiny_bert_
 
 
 def test_interrupted_scoring_resumes_where_it_stopped(tmp_path, tiny_reader_dir, tiny_bert_path, monkeypatch):
+    """Scoring goes through the shared annotator: a kill mid-way keeps the flushed questions, and the
+    rerun scores only the rest and writes exactly the groups of an uninterrupted run."""
+    from densekd.pipeline import fidkd
     from densekd.teachers.fid import FiDTeacher
 
     cfg = write_config(tmp_path, tiny_reader_dir, tiny_bert_path)
     assert main(["run", str(cfg), "--set", "iterations=1"]) == 0
     scores = tmp_path / "out" / "iter_1" / "scores"
     finished = (scores / "groups.jsonl").read_text().splitlines()
-    key = json.loads((scores / "DONE.json").read_text())["key"]
-    # as if killed after two questions, in the middle of writing the third line
-    (scores / "DONE.json").unlink()
-    partial = tmp_path / "out" / "checkpoints" / "scores-iter_1" / key / "scores.jsonl"
-    partial.parent.mkdir(parents=True)
-    partial.write_text("\n".join(finished[:2]) + "\n" + finished[2][:25])
-    calls = []
-    original = FiDTeacher.score_passages
+    (scores / "DONE.json").unlink()  # as if this step never finished
+    monkeypatch.setattr(fidkd, "SCORE_CHUNK", 1)  # a flush after every question
+    original, calls = FiDTeacher.score_passages, []
+
+    def dies_on_the_third(self, *args):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # like a kill while the third question is scored
+        return original(self, *args)
+
+    monkeypatch.setattr(FiDTeacher, "score_passages", dies_on_the_third)
+    assert main(["run", str(cfg), "--set", "iterations=1"]) == 130
+    checkpoints = tmp_path / "out" / "checkpoints" / "scores-iter_1"
+    assert any(checkpoints.rglob("*.partial"))
+    calls.clear()
     monkeypatch.setattr(FiDTeacher, "score_passages", lambda self, *a: calls.append(a[0]) or original(self, *a))
     assert main(["run", str(cfg), "--set", "iterations=1"]) == 0
-    assert len(calls) == 3  # the torn third question and the two never reached
+    assert len(calls) == len(finished) - 2  # the two flushed questions are not scored again
     assert (scores / "groups.jsonl").read_text().splitlines() == finished
-    assert not partial.exists()
+    assert not checkpoints.exists() or not any(checkpoints.iterdir())
     steps = json.loads((tmp_path / "out" / "metrics.json").read_text())["steps"]
     assert not steps["iter_1/scores"]["cached"] and steps["iter_1/retriever"]["cached"]
 

@@ -29,6 +29,9 @@ the steps downstream of it, and a rerun reuses everything):
 * ``iter_<n>/eval/predictions.jsonl``: per evaluation question the reader's answer from the new runs'
   top ``k`` and the passage it scored highest (``DONE.json``: EM/F1, ``top_attention_has_answer``).
 * ``metrics.json``, ``report.md`` + PNGs; ``checkpoints/`` only while a step is unfinished (a rerun resumes).
+* Corpus vectors (the start model's for ``query_only``, each full-mode retriever's) live in
+  ``cache_dir/embeddings/`` through the shared :func:`densekd.pipeline.steps.corpus_embeddings`, keyed
+  by weights, length and corpus file, so ``densekd run`` and this loop reuse each other's encodings.
 
 Metrics row ``n``: retriever ``n``'s answer recall@1/5/20; reader ``n`` (trained on retriever ``n-1``'s
 passages) answering from retriever ``n``'s top ``k`` (EM/F1, and whether its top-scored passage has an answer).
@@ -38,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -139,35 +141,33 @@ def score_passages(ctx: QAContext, n: int, runs: Path, readers: dict[int | None,
                    folds: dict[str, int] | None) -> tuple[list[TrainGroup], str, dict]:
     """Reader scores of each training question's ``k`` passages as TrainGroups (``iter_<n>/scores``).
 
-    Every reader is a :class:`~densekd.teachers.base.Teacher`: questions are scored as candidate lists
-    (with their gold answer, which only answer-conditioned FiD scorings read). With cross-fitting a
-    question is scored by the reader of the *other* fold. Resumable: finished questions are appended to
-    ``checkpoints/scores-iter_<n>/<key>/scores.jsonl`` a chunk at a time, and a rerun skips them.
+    Every reader is a :class:`~densekd.teachers.base.Teacher`, and the scores come from the one
+    resumable annotator (:func:`~densekd.teachers.annotate.annotate`) that scores cross-encoder and
+    ColBERT candidates in ``densekd run``: each question's passages in retrieval order, with its gold
+    answer (which only answer-conditioned FiD scorings read). With cross-fitting a question is scored
+    by the reader of the *other* fold. An interrupted run resumes from the annotator's partial files in
+    ``checkpoints/scores-iter_<n>/<key>/`` (``SCORE_CHUNK`` questions per flush).
     """
     from densekd.pipeline.readers import KINDS
-    from densekd.teachers.base import CandidateList
+    from densekd.teachers.annotate import annotate
 
     kind, scoring = KINDS[ctx.cfg.reader.kind], ctx.cfg.teacher.scoring
+    # v1: the groups are byte-identical to those of the loop's own scorer this replaced, so its caches stay valid
     key = cache_key("fidkd-scores-v1", *[readers[f][1] for f in sorted(readers, key=str)], scoring, folds)
-    partial = steps.checkpoint_folder(ctx.out, f"scores-iter_{n}", key) / "scores.jsonl"
+    partial = steps.checkpoint_folder(ctx.out, f"scores-iter_{n}", key)
 
     def compute(out: Path) -> dict[str, Any]:
         run = load_run(runs / "train.trec")
-        done = _read_partial(partial)
-        teachers = {f: kind.teacher(path, scoring) for f, (path, _) in readers.items()}
-        todo = [q for q in ctx.train_qids if q not in done and run.get(q)]
-        with open(partial, "a", encoding="utf-8") as fh:
-            for f, teacher in teachers.items():
-                mine = [q for q in todo if f is None or folds.get(q) == 1 - f]
-                for i in range(0, len(mine), SCORE_CHUNK):
-                    chunk = mine[i:i + SCORE_CHUNK]
-                    lists = [CandidateList(ctx.queries[q].text, ctx.passages(run, q), ctx.queries[q].answers[0])
-                             for q in chunk]
-                    for q, item, scores in zip(chunk, lists, teacher.score_candidates(lists)):
-                        done[q] = _group(q, [p.id for p in item.passages], np.asarray(scores))
-                        fh.write(json.dumps(done[q].to_json()) + "\n")
-                    fh.flush()
-        groups = [done[qid] for qid in ctx.train_qids if qid in done]
+        answers = {q: ctx.queries[q].answers[0] for q in ctx.train_qids}
+        scored: dict[str, TrainGroup] = {}
+        for f, (path, _) in readers.items():
+            mine = [q for q in ctx.train_qids if run.get(q) and (f is None or folds.get(q) == 1 - f)]
+            pids = {q: [p.id for p in ctx.passages(run, q)] for q in mine}
+            todo = [TrainGroup(q, pids[q][:1], pids[q][1:]) for q in mine]  # retrieval order, no label
+            for g in annotate(todo, ctx.queries, ctx.corpus, kind.teacher(path, scoring), partial / f"fold{f}.jsonl",
+                              flush_every=SCORE_CHUNK, answers=answers, show_progress=False):
+                scored[g.qid] = _favourite_first(g)
+        groups = [scored[qid] for qid in ctx.train_qids if qid in scored]
         write_jsonl(out / "groups.jsonl", (g.to_json() for g in groups))
         hits = [has_answer(ctx.corpus[g.pos_ids[0]].text, ctx.queries[g.qid].answers) for g in groups]
         return {"questions": len(groups), "scoring": scoring, "cross_fit": folds is not None,
@@ -175,30 +175,21 @@ def score_passages(ctx: QAContext, n: int, runs: Path, readers: dict[int | None,
 
     folder = ctx.out / f"iter_{n}" / "scores"
     summary = ctx.step(f"iter_{n}/scores", folder, compute, key, {"scoring": scoring})
-    steps.drop_checkpoints(partial.parent)
+    steps.drop_checkpoints(partial)
     with open(folder / "groups.jsonl", encoding="utf-8") as f:
         return [TrainGroup.from_json(json.loads(line)) for line in f], key, summary
 
 
-def _group(qid: str, pids: list[str], scores: np.ndarray) -> TrainGroup:
-    """Candidates in retrieval order, the reader's favourite moved first (the datasets need a positive)."""
-    best = pids[int(np.argmax(scores))]
-    return TrainGroup(qid, [best], [p for p in pids if p != best], {p: float(s) for p, s in zip(pids, scores)})
+def _favourite_first(group: TrainGroup) -> TrainGroup:
+    """The reader's favourite moved first (the datasets need a positive); scores stay in retrieval order.
 
-
-def _read_partial(path: Path) -> dict[str, TrainGroup]:
-    """Groups already scored by an interrupted run; a line cut off by a kill is dropped (and rescored)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, TrainGroup] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                group = TrainGroup.from_json(json.loads(line))
-            except (ValueError, KeyError, TypeError):
-                continue
-            done[group.qid] = group
-        write_jsonl(path, (g.to_json() for g in done.values()))  # atomic: no torn line left behind
-    return done
+    The favourite is a label the *reader* gave, not a qrels label: losses over the teacher scores (KL,
+    MSE, margins) ignore which candidate is first, in-batch contrastive terms take it as the positive.
+    """
+    scores = group.teacher_scores or {}
+    pids = list(scores)
+    best = pids[int(np.argmax(list(scores.values())))]
+    return TrainGroup(group.qid, [best], [p for p in pids if p != best], scores)
 
 
 def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key: str, base_store: Any,
@@ -240,25 +231,6 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
     return folder / "model", key
 
 
-def corpus_vectors(ctx: QAContext, model: str | Path | None, model_key: str, tag: str) -> Any:
-    """Corpus vectors of a dense model in ``cache_dir/embeddings/<key>`` (chunked, resumable).
-
-    ``model_key`` identifies the weights: the start checkpoint's path or a retriever step's key.
-    """
-    from densekd.encoders.dense import DenseEncoder
-    from densekd.index.encode import encode_corpus
-
-    length = ctx.cfg.retriever.passage_max_length
-    fingerprint = cache_key("fidkd-dense-v1", model_key, length, ctx.data_key)
-    folder = Path(ctx.cfg.cache_dir).expanduser() / "embeddings" / fingerprint
-    start, reused = time.perf_counter(), (folder / "manifest.json").is_file()
-    encoder = DenseEncoder.from_pretrained(model, passage_max_length=length)
-    store = encode_corpus(encoder, ctx.corpus, folder, batch_size=ctx.cfg.encode_batch_size,
-                          fingerprint=fingerprint, show_progress=not reused)
-    ctx.timings[f"encode:{tag}"] = {"seconds": round(time.perf_counter() - start, 1), "cached": reused}
-    return store
-
-
 def retrieve(ctx: QAContext, n: int, retriever: tuple[Path, str], base_store: Any) -> tuple[Path, str]:
     """Index the corpus with retriever ``n`` (FAISS) and rank every question (``iter_<n>/runs``).
 
@@ -275,7 +247,8 @@ def retrieve(ctx: QAContext, n: int, retriever: tuple[Path, str], base_store: An
 
     def compute(out: Path) -> dict[str, Any]:
         encoder = DenseEncoder.from_pretrained(retriever[0])
-        store = base_store if base_store is not None else corpus_vectors(ctx, retriever[0], retriever[1], f"iter_{n}")
+        store = base_store if base_store is not None else steps.corpus_embeddings(
+            ctx, retriever[0], ctx.cfg.retriever.passage_max_length, f"iter_{n}")
         index = store.to_faiss(r.factory, show_progress=False)
         for name, qids, depth in (("train", ctx.train_qids, r.k), ("dev", ctx.eval_qids, r.eval_depth)):
             vectors = encoder.encode_queries([ctx.queries[q].text for q in qids])
@@ -329,8 +302,6 @@ def run_fidkd(cfg: FidKDConfig) -> dict[str, Any]:
         iteration: answer_recall@1/5/20, reader_em, reader_f1, top_attention_has_answer,
         train_top_attention_has_answer], "steps": {step: {seconds, cached}}}``.
     """
-    from densekd.data.hashing import file_digest
-    from densekd.encoders.dense import resolve_model_path
     from densekd.pipeline import fidkd_report
 
     ctx = load_qa_context(cfg)
@@ -343,9 +314,7 @@ def run_fidkd(cfg: FidKDConfig) -> dict[str, Any]:
         "bm25": answer_recall(load_run(runs[0] / "dev.trec"), eval_queries, ctx.corpus, RECALL_KS), "iterations": []}
     base_store = None
     if cfg.retriever.train_mode == "query_only":  # one frozen passage side for every iteration
-        start = Path(resolve_model_path(cfg.retriever.model))
-        weights = start / "model.safetensors"  # keyed by content: a checkpoint rewritten in place re-encodes
-        base_store = corpus_vectors(ctx, start, file_digest(weights) if weights.is_file() else str(start), "base")
+        base_store = steps.corpus_embeddings(ctx, cfg.retriever.model, cfg.retriever.passage_max_length, "base")
     folds = cross_fit_folds(ctx, runs[0]) if cfg.reader.cross_fit else None
     readers = retriever = None
     groups: list[TrainGroup] = []

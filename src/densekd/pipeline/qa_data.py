@@ -38,11 +38,21 @@ class QAContext:
     train_qids: list[str]
     eval_qids: list[str]
     data_key: str
+    corpus_key: str = ""  # the corpus file alone: what corpus encodings depend on (shared with densekd run)
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def out(self) -> Path:
         return Path(self.cfg.output_dir)
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cfg.cache_dir).expanduser()
+
+    def record(self, step: str, start: float, reused: bool) -> None:
+        """Note a shared step's wall time and whether its cached output was reused (as ``Context.record``)."""
+        self.timings[step] = {"seconds": round(time.perf_counter() - start, 1), "cached": reused}
+        log.info("step %-18s %s in %.1fs", step, "reused" if reused else "done", self.timings[step]["seconds"])
 
     def passages(self, run: Run, qid: str) -> list[Passage]:
         """The top ``k`` passages of ``qid`` in ``run`` (fewer when the retriever found fewer)."""
@@ -53,8 +63,7 @@ class QAContext:
         """:func:`cached_step` keyed by ``key``, timed under ``name``; returns the step's summary."""
         start = time.perf_counter()
         summary, reused = cached_step(folder, compute, meta, key=key)
-        self.timings[name] = {"seconds": round(time.perf_counter() - start, 1), "cached": reused}
-        log.info("step %-18s %s in %.1fs", name, "reused" if reused else "done", self.timings[name]["seconds"])
+        self.record(name, start, reused)
         return summary
 
 
@@ -88,4 +97,5 @@ def load_qa_context(cfg: FidKDConfig) -> QAContext:
         raise DataFormatError(files[1], f"no training question: fidkd trains on the queries with 'answers' "
                                         f"outside the {d.eval_split} split")
     return QAContext(cfg, corpus, queries, sample_ids(train_qids, d.max_train_queries, d.seed),
-                     sample_ids(eval_qids, d.max_eval_queries, d.seed), data_key=file_digest(*files))
+                     sample_ids(eval_qids, d.max_eval_queries, d.seed), data_key=file_digest(*files),
+                     corpus_key=file_digest(files[0]))

@@ -270,18 +270,23 @@ def dark_examples(ctx: Context, groups: list[TrainGroup], scored: list[TrainGrou
     return out
 
 
-def corpus_embeddings(ctx: Context, model_path: str | None, max_length: int, tag: str) -> Any:
-    """Corpus vectors of a dense model (cached, chunked, resumable); returns an EmbeddingStore."""
-    from densekd.data.hashing import file_digest
+def corpus_embeddings(ctx: Any, model_path: str | Path | None, max_length: int, tag: str) -> Any:
+    """Corpus vectors of a dense model (cached, chunked, resumable); returns an EmbeddingStore.
+
+    ``ctx``: a :class:`Context` or any context with ``cache``, ``corpus``, ``corpus_key``,
+    ``cfg.encode_batch_size`` and ``record`` (the reader -> retriever pipeline's
+    :class:`~densekd.pipeline.qa_data.QAContext` shares this step and its cache).
+    The key is the loaded encoder's own fingerprint (its class, settings and a digest of every weight,
+    projection and untied passage tower included), the length and the corpus file: never a path, so a
+    model folder retrained in place is re-encoded, and other queries or splits reuse the vectors.
+    """
     from densekd.encoders.dense import DenseEncoder, resolve_model_path
+    from densekd.index.dense_search import default_fingerprint
     from densekd.index.encode import encode_corpus
 
     path = Path(resolve_model_path(model_path))
-    weights = path / "model.safetensors"
-    model_id = file_digest(weights) if weights.is_file() else str(path)
-    # keyed by the corpus alone: other queries or splits of the same corpus reuse the vectors
-    fingerprint = cache_key("dense-v2", model_id, max_length, ctx.corpus_key)
     encoder = DenseEncoder.from_pretrained(path, passage_max_length=max_length)
+    fingerprint = cache_key("dense-v3", default_fingerprint(encoder), max_length, ctx.corpus_key)
     start = time.perf_counter()
     folder = ctx.cache / "embeddings" / fingerprint
     reused = (folder / "manifest.json").is_file()

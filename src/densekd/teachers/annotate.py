@@ -17,7 +17,10 @@ File format (JSON lines, UTF-8, one object per line)
 Each group is one :class:`~densekd.teachers.base.CandidateList` for the teacher: the query's text and
 its candidates, ``extra_passages[pid]`` (a text) for synthetic ids and the corpus
 :class:`~densekd.data.types.Passage` otherwise (a pair-reading teacher scores
-``(queries[qid].text, corpus[pid].full_text())``).
+``(queries[qid].text, corpus[pid].full_text())``), and, when ``answers`` are given, the query's answer
+(read only by answer-conditioned teachers, e.g. a FiD reader's ``fid-kd`` scoring). A label-free
+teacher's groups (a reader scoring retrieved passages) list the candidates in retrieval order, the
+first standing in ``pos_ids`` only because the format needs one there: the caller reorders them.
 
 Resuming and caching
 --------------------
@@ -29,8 +32,8 @@ atomically from the collected lines). A finished ``out_path`` by the same teache
 the same way: if it covers every group, nothing is scored and the file is left untouched.
 
 A stored query counts as done only when its ``pos_ids``, ``neg_ids`` and ``extra_passages`` equal the
-input group's; the cache key is ``(teacher fingerprint, qid, candidate ids)``, so texts are assumed
-fixed for a given id (the pipeline's step cache keys cover changed data). Resumed output is
+input group's; the cache key is ``(teacher fingerprint, qid, candidate ids)``, so texts (and answers) are
+assumed fixed for a given id (the pipeline's step cache keys cover changed data). Resumed output is
 byte-identical to an uninterrupted run as long as the teacher scores a pair the same way whatever
 else is in its batch.
 """
@@ -41,7 +44,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,10 +217,11 @@ def _check_inputs(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus
 
 
 def _score_chunk(chunk: Sequence[TrainGroup], queries: Queries, corpus: Corpus,
-                 teacher: Teacher, batch_size: int) -> list[TrainGroup]:
+                 teacher: Teacher, batch_size: int, answers: Mapping[str, str] | None = None) -> list[TrainGroup]:
     """Score all candidates of ``chunk`` in one teacher call; return annotated copies."""
     ids_per_group = [list(dict.fromkeys(g.pos_ids + g.neg_ids)) for g in chunk]
-    lists = [CandidateList(queries[g.qid].text, [_candidate(g, pid, corpus) for pid in ids])
+    lists = [CandidateList(queries[g.qid].text, [_candidate(g, pid, corpus) for pid in ids],
+                           None if answers is None else answers.get(g.qid))
              for g, ids in zip(chunk, ids_per_group)]
     scored = teacher.score_candidates(lists, batch_size=batch_size, show_progress=False)
     if len(scored) != len(chunk):
@@ -238,13 +242,13 @@ def _score_chunk(chunk: Sequence[TrainGroup], queries: Queries, corpus: Corpus,
 
 def _score_to_partial(partial: Path, header: dict[str, Any] | None, todo: Sequence[TrainGroup],
                       queries: Queries, corpus: Corpus, teacher: Teacher, batch_size: int,
-                      flush_every: int) -> Iterator[list[TrainGroup]]:
+                      flush_every: int, answers: Mapping[str, str] | None) -> Iterator[list[TrainGroup]]:
     """Score ``todo`` in chunks, appending each to ``partial`` (started afresh with ``header`` if given)."""
     with open(partial, "w" if header is not None else "a", encoding="utf-8") as f:
         if header is not None:
             f.write(_line(header))
         for start in range(0, len(todo), flush_every):
-            chunk = _score_chunk(todo[start:start + flush_every], queries, corpus, teacher, batch_size)
+            chunk = _score_chunk(todo[start:start + flush_every], queries, corpus, teacher, batch_size, answers)
             f.write("".join(_line(g.to_json()) for g in chunk))
             # fsync per chunk: the partial file must survive a crash for the resume to be worth it.
             f.flush()
@@ -267,7 +271,7 @@ def _finalize(partial: Path, out: Path, header: dict[str, Any], order: list[str]
 
 def annotate(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus, teacher: Teacher,
              out_path: str | os.PathLike, batch_size: int = 64, flush_every: int = 100,
-             show_progress: bool = True) -> list[TrainGroup]:
+             show_progress: bool = True, answers: Mapping[str, str] | None = None) -> list[TrainGroup]:
     """Attach raw teacher logits to every candidate of every group; resumable (see module docstring).
 
     Parameters
@@ -288,6 +292,9 @@ def annotate(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus, tea
         Queries per teacher call and per flush: a crash loses at most this many queries' work.
     show_progress
         tqdm bar over queries.
+    answers
+        ``qid -> answer`` handed to the teacher with each query's candidates (answer-conditioned
+        teachers only; others ignore it). Not part of the resume key: fixed per qid, like the texts.
 
     Returns
     -------
@@ -319,7 +326,7 @@ def annotate(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus, tea
     with tqdm(total=len(order), initial=len(order) - len(todo), disable=not show_progress,
               desc="annotate", unit="query") as bar:
         for chunk in _score_to_partial(partial, header if resumed is None else None, todo, queries, corpus,
-                                       teacher, batch_size, flush_every):
+                                       teacher, batch_size, flush_every, answers):
             done.update({g.qid: g for g in chunk})
             written.extend(g.qid for g in chunk)
             bar.update(len(chunk))
