@@ -296,3 +296,35 @@ def test_span_reader_loop_cross_fits_every_score_and_reruns_from_the_cache(tmp_p
     again = json.loads((out / "metrics.json").read_text())
     assert all(t["cached"] for t in again["steps"].values()) and again["iterations"] == metrics["iterations"]
     assert main(["run", str(cfg), "--set", "reader.kind=span", "--set", "teacher.scoring=fid-kd"]) == 2
+
+
+def test_hybrid_candidates_feed_iteration_2_and_leave_iteration_1_cached(tmp_path, tiny_reader_dir, tiny_bert_path):
+    """retrieval.candidates=hybrid: iteration 2 reads BM25's and retriever 1's training runs fused by reciprocal
+    rank (top k); iteration 1 does not depend on the setting, so switching it reuses every iteration-1 step."""
+    from densekd.index.hybrid import fuse
+
+    cfg = write_config(tmp_path, tiny_reader_dir, tiny_bert_path)
+    assert main(["run", str(cfg), "--set", "iterations=1"]) == 0
+    assert main(["run", str(cfg), "--set", "retrieval.candidates=hybrid"]) == 0
+    out = tmp_path / "out"
+    steps = json.loads((out / "metrics.json").read_text())["steps"]
+    assert all(t["cached"] for name, t in steps.items() if name.startswith(("iter_0", "iter_1/"))
+               and name != "iter_1/candidates"), steps
+    assert not steps["iter_1/candidates"]["cached"] and not steps["iter_2/reader"]["cached"]
+    fused = load_run(out / "iter_1" / "candidates" / "train.trec")
+    expected = fuse([load_run(out / "iter_0" / "runs" / "train.trec"), load_run(out / "iter_1" / "runs" / "train.trec")],
+                    method="rrf", k=3)
+    assert fused.keys() == expected.keys()
+    assert all(_top(fused[q]) == _top(expected[q]) for q in fused)
+    marker = json.loads((out / "iter_2" / "reader" / "DONE.json").read_text())["summary"]
+    assert marker["passages_from"] == str(out / "iter_1" / "candidates")
+    groups = [json.loads(line) for line in (out / "iter_2" / "scores" / "groups.jsonl").read_text().splitlines()]
+    assert all(sorted(g["teacher_scores"]) == sorted(fused[g["qid"]]) for g in groups)
+    assert not (out / "iter_2" / "candidates").exists()  # nothing reads candidates after the last iteration
+
+
+def test_unknown_candidates_setting_is_refused(tmp_path, tiny_reader_dir, tiny_bert_path, capsys):
+    cfg = write_config(tmp_path, tiny_reader_dir, tiny_bert_path)
+    assert main(["run", str(cfg), "--set", "retrieval.candidates=rrf"]) == 2
+    assert "retrieval.candidates" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -17,7 +17,8 @@ the steps downstream of it, and a rerun reuses everything):
 
 * ``iter_0/runs/``: BM25's ``train.trec`` (top ``k`` per training question), ``dev.trec`` (top ``eval_depth``).
 * ``iter_<n>/reader/``: ``model/`` (the reader, ``reader.kind``: a :class:`~densekd.encoders.reader.FiDReader`
-  or a :class:`~densekd.encoders.span_reader.SpanReader`, trained on ``iter_<n-1>/runs/train.trec``),
+  or a :class:`~densekd.encoders.span_reader.SpanReader`, trained on ``iter_<n-1>/runs/train.trec``, or
+  ``iter_<n-1>/candidates/train.trec`` with ``retrieval.candidates: hybrid``),
   ``log_history.json``. With ``reader.cross_fit``: ``iter_<n>/reader_fold0/`` and ``reader_fold1/``,
   each trained on one fold of the questions and scoring the other (:mod:`densekd.pipeline.readers`).
 * ``iter_<n>/scores/groups.jsonl``: one :class:`~densekd.data.types.TrainGroup` per training question
@@ -26,6 +27,8 @@ the steps downstream of it, and a rerun reuses everything):
   MSE and margin losses ignore which candidate is first), ``neg_ids`` the others in retrieval order.
 * ``iter_<n>/retriever/``: ``model/`` (the distilled :class:`~densekd.encoders.dense.DenseEncoder`), ``log_history.json``.
 * ``iter_<n>/runs/``: the new retriever's runs (FAISS over the corpus); iteration ``n + 1`` reads them.
+* ``iter_<n>/candidates/train.trec`` (``retrieval.candidates: hybrid`` only): those runs fused with BM25's
+  (reciprocal rank, top ``k``): what iteration ``n + 1`` reads instead.
 * ``iter_<n>/eval/predictions.jsonl``: per evaluation question the reader's answer from the new runs'
   top ``k`` and the passage it scored highest (``DONE.json``: EM/F1, ``top_attention_has_answer``).
 * ``metrics.json``, ``report.md`` + PNGs; ``checkpoints/`` only while a step is unfinished (a rerun resumes).
@@ -261,6 +264,34 @@ def retrieve(ctx: QAContext, n: int, retriever: tuple[Path, str], base_store: An
     return folder, key
 
 
+def training_candidates(ctx: QAContext, n: int, runs: tuple[Path, str], bm25: tuple[Path, str]) -> tuple[Path, str]:
+    """The passages iteration ``n + 1``'s readers read (``retrieval.candidates``).
+
+    ``dense``: retriever ``n``'s own runs. ``hybrid``: its training run and BM25's fused by reciprocal
+    rank, top ``k`` kept (``iter_<n>/candidates/train.trec``; the summary records how often the top 1
+    and any of the ``k`` hold an answer, a label-quality diagnostic that no step reads).
+    """
+    from densekd.index.hybrid import fuse
+
+    k = ctx.cfg.retrieval.k
+    if ctx.cfg.retrieval.candidates == "dense":
+        return runs
+    key = cache_key("fidkd-candidates-v1", runs[1], bm25[1], k)
+
+    def compute(out: Path) -> dict[str, Any]:
+        fused = fuse([load_run(bm25[0] / "train.trec"), load_run(runs[0] / "train.trec")], method="rrf", k=k)
+        write_run(out / "train.trec", fused)
+        lists = {q: ctx.passages(fused, q) for q in ctx.train_qids if fused.get(q)}
+        top = [has_answer(p[0].text, ctx.queries[q].answers) for q, p in lists.items()]
+        anyk = [any(has_answer(x.text, ctx.queries[q].answers) for x in p) for q, p in lists.items()]
+        return {"candidates": "hybrid", "top1_has_answer": float(np.mean(top)) if top else 0.0,
+                "any_of_k_has_answer": float(np.mean(anyk)) if anyk else 0.0}
+
+    folder = ctx.out / f"iter_{n}" / "candidates"
+    ctx.step(f"iter_{n}/candidates", folder, compute, key)
+    return folder, key
+
+
 def evaluate_reader(ctx: QAContext, n: int, reader: tuple[Path, str], runs: tuple[Path, str]) -> dict[str, float]:
     """Reader ``n`` on the evaluation questions over the top ``k`` of ``runs``: EM/F1, top-scored passage.
 
@@ -307,7 +338,7 @@ def run_fidkd(cfg: FidKDConfig) -> dict[str, Any]:
     ctx = load_qa_context(cfg)
     ctx.out.mkdir(parents=True, exist_ok=True)
     eval_queries = {q: ctx.queries[q] for q in ctx.eval_qids}
-    runs = bm25_retrieval(ctx)
+    runs = bm25 = bm25_retrieval(ctx)
     result: dict[str, Any] = {
         "name": cfg.name, "questions": {"train": len(ctx.train_qids), "eval": len(ctx.eval_qids), "reader_eval": len(
             sample_ids(ctx.eval_qids, cfg.reader.eval_max_queries, cfg.data.seed))},
@@ -329,6 +360,8 @@ def run_fidkd(cfg: FidKDConfig) -> dict[str, Any]:
                "train_top_attention_has_answer": score_summary["train_top_attention_has_answer"]}
         result["iterations"].append(row)
         log.info("iteration %d: %s", n, {k: round(v, 3) for k, v in row.items()})
+        if n < cfg.iterations:
+            runs = training_candidates(ctx, n, runs, bm25)
     result["steps"] = ctx.timings
     write_json(ctx.out / "metrics.json", result)
     fidkd_report.write_report(ctx, result, groups)

