@@ -312,7 +312,13 @@ def get_id(obj: dict[str, Any], key: str | tuple[str, ...], path: str | os.PathL
 
 
 def check_token(value: str, path: str | os.PathLike, what: str) -> str:
-    """Return ``value`` if it can be a field of a whitespace-separated (TREC) file, else raise."""
+    """Return ``value`` if it can be a field of a whitespace-separated (TREC) file, else raise.
+
+    A leading byte-order mark is refused too: readers drop one at the start of a file, so the first
+    line's id would read back as another id (or vanish).
+    """
     if not value or value.split() != [value]:
         raise DataFormatError(path, f"cannot write {what} {value!r}: empty or contains whitespace")
+    if value.startswith(BOM):
+        raise DataFormatError(path, f"cannot write {what} {value!r}: starts with a byte-order mark")
     return value
