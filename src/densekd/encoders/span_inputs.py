@@ -74,11 +74,12 @@ class SpanInputs:
     offsets: list[list[list[tuple[int, int]]]]
     texts: list[list[str]]
 
-    def model_inputs(self) -> dict[str, Tensor]:
-        """The tensors :meth:`SpanReader.forward <densekd.encoders.span_reader.SpanReader.forward>` takes."""
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "token_type_ids": self.token_type_ids, "token_mask": self.token_mask,
-                "start_targets": self.start_targets, "end_targets": self.end_targets}
+    def model_inputs(self, targets: bool = True) -> dict[str, Tensor]:
+        """The tensors :meth:`SpanReader.forward <densekd.encoders.span_reader.SpanReader.forward>` takes
+        (``targets=False``: without the answer targets, as when reading: no loss is computed)."""
+        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                  "token_type_ids": self.token_type_ids, "token_mask": self.token_mask}
+        return {**inputs, "start_targets": self.start_targets, "end_targets": self.end_targets} if targets else inputs
 
 
 def _targets(offsets: list[tuple[int, int]], text_start: int, spans: list[tuple[int, int]],

@@ -83,21 +83,13 @@ class SpanKind:
     name = "span"
 
     def train(self, rc: Any, k: int, examples: list, start: str | None, checkpoints: Path, out: Path) -> dict:
-        from transformers import set_seed
+        from densekd.training.span_reader_trainer import build_span_training
 
-        from densekd.encoders.span_reader import SpanReader
-        from densekd.training.span_reader_trainer import (
-            SpanReaderDataset,
-            SpanReaderTrainer,
-        )
-
-        args = rc.to_span_args(k, checkpoints)
-        set_seed(rc.seed)  # the new head is drawn from the global RNG
-        reader = SpanReader.from_pretrained(start, **args.reader_overrides()).eval()
-        data = SpanReaderDataset(reader, examples, show_progress=True)  # frozen layers' states, once
-        trainer = SpanReaderTrainer(reader, args, train_dataset=data)
+        # seeded head, frozen layers' states cached once: the same build as train_span_reader
+        trainer, data = build_span_training(examples, rc.to_span_args(k, checkpoints), start=start,
+                                            show_progress=True)
         summary = steps.train_resumable(trainer, checkpoints, "reader", out)
-        reader.save_pretrained(out / "model")
+        trainer.model.save_pretrained(out / "model")
         return {**summary, "answerable_questions": data.answerable}
 
     def teacher(self, path: Path, scoring: str) -> Any:

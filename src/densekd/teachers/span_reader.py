@@ -79,7 +79,7 @@ class SpanReaderTeacher:
                           disable=not show_progress):
                 chunk = pairs[i:i + size]
                 batch = self.reader.tokenize([q for q, _ in chunk], [[p] for _, p in chunk])
-                logits = self.reader(**{n: t for n, t in batch.model_inputs().items() if "targets" not in n})
+                logits = self.reader(**batch.model_inputs(targets=False))
                 scores = passage_scores(logits["start_logits"], logits["end_logits"], batch.token_mask, self.scoring,
                                         self.reader.config.max_answer_tokens, logits["select_logits"])
                 out.append(scores[:, 0].numpy().astype(np.float32))
@@ -115,7 +115,7 @@ def read_questions(reader: SpanReader, questions: Sequence[str], passages: Seque
         for i in tqdm(range(0, len(questions), batch_size), desc="span reader", unit="batch",
                       disable=not show_progress):
             batch = reader.tokenize(questions[i:i + batch_size], passages[i:i + batch_size])
-            logits = reader(**{n: t for n, t in batch.model_inputs().items() if "targets" not in n})
+            logits = reader(**batch.model_inputs(targets=False))
             start, end = logits["start_logits"], logits["end_logits"]
             mass = passage_scores(start, end, batch.token_mask, "mass", max_tokens).numpy()
             span = passage_scores(start, end, batch.token_mask, "span", max_tokens).numpy()

@@ -115,6 +115,43 @@ class SpanReaderTrainer(CheckpointTrainer):
         return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
 
 
+def build_span_training(examples: Sequence[ReaderExample | tuple], args: SpanReaderArgs,
+                        reader: SpanReader | None = None, start: str | None = None,
+                        show_progress: bool = False) -> tuple[SpanReaderTrainer, SpanReaderDataset]:
+    """The reader, its cached dataset and its trainer, built the one way both entry points need.
+
+    Seeds first (the new head is drawn from the global RNG), then caches the frozen layers' states with
+    the reader in eval mode (the cached states are those of inference, without dropout).
+
+    Parameters
+    ----------
+    examples, args
+        As :func:`train_span_reader`.
+    reader
+        Optional reader to continue (its ``n_passages``, ``max_length`` and ``frozen_layers`` must equal
+        the arguments'; it takes their ``loss_mode`` and ``select_weight``).
+    start
+        Without ``reader``: the checkpoint to load instead of ``args.model_name_or_path`` (a saved span
+        reader keeps its own config).
+    show_progress
+        Progress bar over the caching pass.
+    """
+    set_seed(args.seed)
+    if reader is None:
+        reader = SpanReader.from_pretrained(args.model_name_or_path if start is None else start,
+                                            **args.reader_overrides())
+    else:  # a given reader keeps its architecture; the loss settings are the arguments'
+        settings = args.reader_overrides()
+        clash = {k: (getattr(reader.config, k), v) for k, v in settings.items()
+                 if k in ("n_passages", "max_length", "frozen_layers") and getattr(reader.config, k) != v}
+        if clash:
+            raise ValueError(f"the reader's settings differ from the arguments' (reader, args): {clash}")
+        reader.config.loss_mode, reader.config.select_weight = args.loss_mode, args.select_weight
+    reader.eval()
+    data = SpanReaderDataset(reader, examples, show_progress=show_progress)
+    return SpanReaderTrainer(reader, args, train_dataset=data), data
+
+
 def train_span_reader(examples: Sequence[ReaderExample | tuple], args: SpanReaderArgs,
                       reader: SpanReader | None = None,
                       show_progress: bool = False) -> tuple[SpanReader, list[dict[str, Any]]]:
@@ -127,8 +164,7 @@ def train_span_reader(examples: Sequence[ReaderExample | tuple], args: SpanReade
     args
         :class:`SpanReaderArgs`.
     reader
-        Optional reader to continue (its ``n_passages``, ``max_length`` and ``frozen_layers`` must equal
-        the arguments'; it takes their ``loss_mode`` and ``select_weight``); default
+        Optional reader to continue (:func:`build_span_training`); default
         ``SpanReader.from_pretrained(args.model_name_or_path, ...)``.
     show_progress
         Progress bar over the caching pass.
@@ -139,19 +175,7 @@ def train_span_reader(examples: Sequence[ReaderExample | tuple], args: SpanReade
         ``(reader, log_history)``: the trained reader and ``trainer.state.log_history`` (loss per
         ``logging_steps``).
     """
-    set_seed(args.seed)  # the new head is drawn from the global RNG
-    if reader is None:
-        reader = SpanReader.from_pretrained(args.model_name_or_path, **args.reader_overrides())
-    else:  # a given reader keeps its architecture; the loss settings are the arguments'
-        settings = args.reader_overrides()
-        clash = {k: (getattr(reader.config, k), v) for k, v in settings.items()
-                 if k in ("n_passages", "max_length", "frozen_layers") and getattr(reader.config, k) != v}
-        if clash:
-            raise ValueError(f"the reader's settings differ from the arguments' (reader, args): {clash}")
-        reader.config.loss_mode, reader.config.select_weight = args.loss_mode, args.select_weight
-    reader.eval()   # caching runs without dropout: cached states are those of inference
-    data = SpanReaderDataset(reader, examples, show_progress=show_progress)
-    trainer = SpanReaderTrainer(reader, args, train_dataset=data)
+    trainer, _ = build_span_training(examples, args, reader, show_progress=show_progress)
     trainer.train()
     trainer.save_model(args.output_dir)
-    return reader.eval(), trainer.state.log_history
+    return trainer.model.eval(), trainer.state.log_history
