@@ -328,3 +328,19 @@ def test_unknown_candidates_setting_is_refused(tmp_path, tiny_reader_dir, tiny_b
     assert main(["run", str(cfg), "--set", "retrieval.candidates=rrf"]) == 2
     assert "retrieval.candidates" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_retraining_later_retrievers_from_the_start_model_reuses_iteration_1(tmp_path, tiny_reader_dir,
+                                                                             tiny_bert_path):
+    """retriever.continue_training=false changes only retrievers n > 1 (iteration 1 never continues): every
+    iteration-1 step and iteration 2's readers and scores are reused; retriever 2 starts from the model."""
+    cfg = write_config(tmp_path, tiny_reader_dir, tiny_bert_path)
+    assert main(["run", str(cfg)]) == 0
+    assert main(["run", str(cfg), "--set", "retriever.continue_training=false"]) == 0
+    out = tmp_path / "out"
+    steps = json.loads((out / "metrics.json").read_text())["steps"]
+    reused = [n for n in steps if n.startswith(("iter_0", "iter_1/")) or n in ("iter_2/reader", "iter_2/scores")]
+    assert reused and all(steps[n]["cached"] for n in reused), steps
+    assert not steps["iter_2/retriever"]["cached"]
+    marker = json.loads((out / "iter_2" / "retriever" / "DONE.json").read_text())["summary"]
+    assert marker["start"] == tiny_bert_path

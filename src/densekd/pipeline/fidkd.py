@@ -206,7 +206,10 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
     k = s.group_size or ctx.cfg.retrieval.k  # the first k of each group: the reader's favourite, then retrieval order
     start_from = previous if s.continue_training and previous is not None else None
     settings = {name: v for name, v in asdict(s).items() if name != "save_steps" and (name != "group_size" or v)}
-    key = cache_key("fidkd-retriever-v1", scores_key, settings, k, normalize, start_from and start_from[1])
+    # iteration 1 has no retriever to continue, so there the key holds continue_training at its default:
+    # switching it reuses iteration 1 (and every step after it up to retriever 2) instead of retraining
+    keyed = {**settings, "continue_training": True} if n == 1 else settings
+    key = cache_key("fidkd-retriever-v1", scores_key, keyed, k, normalize, start_from and start_from[1])
     if normalize == "zscore":
         from densekd.scores import zscore
 
