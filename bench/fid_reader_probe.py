@@ -75,6 +75,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--loss-mode", default="marginal", choices=["marginal", "hard_em"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="32 fit / 16 eval questions; write to bench/results/smoke/")
+    ap.add_argument("--results-name", default=NAME, help="bench/results/<name>.{json,md,png}")
     args = ap.parse_args()
     if args.smoke:
         args.questions, args.eval_questions = 32, 16
@@ -134,9 +135,9 @@ def main() -> None:
     result.update({"heldout_top1_has_answer": result["heldout"]["reader_mass"], "dev_em": result["dev"]["em"],
                    "settings": vars(args), "provenance": provenance()})
     out = RESULTS / "smoke" if args.smoke else RESULTS
-    write_results(NAME, result, markdown(result), out)
-    plot(result, out / f"{NAME}.png")
-    print(f"wrote {out / NAME}.json")
+    write_results(args.results_name, result, markdown(result), out)
+    plot(result, out / f"{args.results_name}.png")
+    print(f"wrote {out / args.results_name}.json")
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -156,7 +157,7 @@ def markdown(r: dict[str, Any]) -> str:
                               "BM25 top 1", "random passage",
                               f"any of {r['k']}", "EM", "F1", "n"], rows)
             + f"\nGoals (issue 14): held-out top 1 >= 0.85 -> {r['heldout_top1_has_answer']:.3f}; dev EM > 0.2 -> "
-              f"{r['dev_em']:.3f}.\n\n![plot]({NAME}.png)\n")
+              f"{r['dev_em']:.3f}.\n\n![plot]({r['settings']['results_name']}.png)\n")
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
