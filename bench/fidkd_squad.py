@@ -46,6 +46,7 @@ Run with ``OMP_NUM_THREADS=1`` on a shared 2-core machine (a second intra-op thr
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import os
@@ -140,9 +141,12 @@ def make_smoke_data(src: Path, out: Path, n_dev: int = 20, n_train: int = 16, n_
 def sub_context(ctx: QAContext, name: str, **retriever: Any) -> QAContext:
     """``ctx`` writing into ``output_dir/<name>`` with retriever settings replaced (own timing log)."""
     cfg = ctx.cfg
-    new = dataclasses.replace(cfg, output_dir=str(ctx.out / name),
-                              retriever=dataclasses.replace(cfg.retriever, **retriever),
-                              teacher=dataclasses.replace(cfg.teacher, normalize="none"))
+    # a copy, not dataclasses.replace: the loop's config refuses label-based losses (its reader groups are
+    # label-free), and the gold arm trains contrastively on *labelled* groups through the same step
+    new = copy.copy(cfg)
+    new.output_dir = str(ctx.out / name)
+    new.retriever = dataclasses.replace(cfg.retriever, **retriever)
+    new.teacher = dataclasses.replace(cfg.teacher, normalize="none")
     return dataclasses.replace(ctx, cfg=new, timings={})
 
 
@@ -297,8 +301,9 @@ def retrain_distilled(ctx: QAContext, n: int, seed: int, base: Any) -> dict[str,
     from densekd.data.types import TrainGroup
 
     lines = (ctx.out / f"iter_{n}" / "scores" / "groups.jsonl").read_text(encoding="utf-8").splitlines()
-    groups = [TrainGroup.from_json(json.loads(line)) for line in lines]
-    key = cache_key("bench-seed-distilled-v1", [g.to_json() for g in groups])
+    stored = [TrainGroup.from_json(json.loads(line)) for line in lines]
+    key = cache_key("bench-seed-distilled-v1", [g.to_json() for g in stored])  # the file as written
+    groups = [fidkd.label_free(g) for g in stored]  # as the loop reads it
     name = f"seeds/distilled_{seed}" if n == 1 else f"seeds/iter{n}_{seed}"
     dctx = sub_context(ctx, name, continue_training=False, seed=seed)
     dctx = dataclasses.replace(dctx, cfg=dataclasses.replace(dctx.cfg, teacher=ctx.cfg.teacher))
@@ -327,12 +332,15 @@ def label_quality(ctx: QAContext, n: int) -> dict[str, float]:
     scored holds an answer vs how often the retriever's first one does, and any of the ``k`` (ceiling)."""
     import json
 
-    groups = [json.loads(line) for line in (ctx.out / f"iter_{n}" / "scores" / "groups.jsonl").read_text().splitlines()]
+    from densekd.data.types import TrainGroup
+
+    lines = (ctx.out / f"iter_{n}" / "scores" / "groups.jsonl").read_text(encoding="utf-8").splitlines()
+    groups = [fidkd.label_free(TrainGroup.from_json(json.loads(line))) for line in lines]
     reader_top = retriever_top = any_k = 0
     for g in groups:
-        answers = ctx.queries[g["qid"]].answers
-        pids = list(g["teacher_scores"])  # stored in retrieval order
-        reader_top += has_answer(ctx.corpus[g["pos_ids"][0]].text, answers)
+        answers = ctx.queries[g.qid].answers
+        pids = g.neg_ids  # every candidate, in retrieval order
+        reader_top += has_answer(ctx.corpus[g.anchor_id()].text, answers)
         retriever_top += has_answer(ctx.corpus[pids[0]].text, answers)
         any_k += any(has_answer(ctx.corpus[p].text, answers) for p in pids)
     m = max(len(groups), 1)

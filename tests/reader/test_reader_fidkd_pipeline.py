@@ -105,13 +105,13 @@ def test_fidkd_two_iterations_then_fully_cached(tmp_path, tiny_reader_dir, tiny_
     assert "iteration 2" in report and (out / "iterations.png").is_file() and (out / "reader_scores.png").is_file()
     assert "iteration 2" in capsys.readouterr().out
 
-    # the reader scored every training question's k retrieved passages, with no label but its own
+    # the reader scored every training question's k retrieved passages: label-free groups, no positive
     groups = [json.loads(line) for line in (out / "iter_1" / "scores" / "groups.jsonl").read_text().splitlines()]
     assert len(groups) == 5
     bm25 = load_run(out / "iter_0" / "runs" / "train.trec")
     for g in groups:
-        assert sorted(g["pos_ids"] + g["neg_ids"]) == sorted(bm25[g["qid"]])
-        assert g["pos_ids"][0] == max(g["teacher_scores"], key=g["teacher_scores"].get)
+        assert g["pos_ids"] == [] and g["neg_ids"] == _top(bm25[g["qid"]])  # retrieval order
+        assert list(g["teacher_scores"]) == g["neg_ids"]
 
     # iteration 2's reader read iteration 1's dense runs, which are exactly retriever 1's FAISS search
     marker = json.loads((out / "iter_2" / "reader" / "DONE.json").read_text())
@@ -344,3 +344,13 @@ def test_retraining_later_retrievers_from_the_start_model_reuses_iteration_1(tmp
     assert not steps["iter_2/retriever"]["cached"]
     marker = json.loads((out / "iter_2" / "retriever" / "DONE.json").read_text())["summary"]
     assert marker["start"] == tiny_bert_path
+
+
+def test_a_label_based_retriever_loss_is_refused(tmp_path, tiny_reader_dir, tiny_bert_path, capsys):
+    """The reader's groups are label-free: a contrastive term would learn its favourite as a labelled positive."""
+    cfg = write_config(tmp_path, tiny_reader_dir, tiny_bert_path)
+    loss = "retriever.loss={kl: {weight: 1.0}, contrastive: {weight: 0.5}}"
+    assert main(["run", str(cfg), "--set", loss]) == 2
+    err = capsys.readouterr().err
+    assert "retriever.loss" in err and "label" in err
+    assert not (tmp_path / "out").exists()

@@ -12,7 +12,11 @@ Data contracts
 * ``Run``: ``dict[qid, dict[doc_id, float]]``; higher score = more relevant. Rank is derived by sorting.
 * ``TrainGroup``: one training query with positive ids, negative ids and optional teacher scores.
   ``teacher_scores`` maps doc id -> **raw teacher logit** (never a probability); losses apply their own
-  softmax/temperature. Scores exist for every id in ``pos_ids + neg_ids`` or for none.
+  softmax/temperature. Scores exist for every id in ``pos_ids + neg_ids`` or for none. A *label-free*
+  group (``pos_ids == []``, every candidate in ``neg_ids``, teacher scores required) comes from a teacher
+  that had no passage labels (the reader -> retriever loop): it carries no positive, fake or otherwise;
+  only consumers that read no labels accept it (:class:`~densekd.training.dataset.TrainGroupDataset`
+  with ``allow_label_free``, and losses that read only the teacher's scores).
 """
 
 from __future__ import annotations
@@ -74,10 +78,26 @@ class TrainGroup:
     teacher_scores: dict[str, float] | None = None
     extra_passages: dict[str, str] | None = None
 
+    @property
+    def labelled(self) -> bool:
+        """``False`` for a label-free group (no positive; module docstring)."""
+        return bool(self.pos_ids)
+
+    def anchor_id(self) -> str:
+        """Candidate 0 of every training item drawn from this group: its first positive, or in a label-free
+        group the candidate the teacher scores highest (the first in stored order on ties). It is where a
+        group's scores are read relative to (Margin-MSE), not a label."""
+        if self.pos_ids:
+            return self.pos_ids[0]
+        scores = self.teacher_scores or {}
+        return max(self.neg_ids, key=lambda pid: scores[pid])  # max keeps the first of equal scores
+
     def validate(self) -> None:
         """Raise ``ValueError`` when the record breaks its contract (checked by loaders)."""
-        if not self.pos_ids:
-            raise ValueError(f"query {self.qid!r}: no positive passage")
+        if not self.pos_ids and self.teacher_scores is None:
+            raise ValueError(f"query {self.qid!r}: no positive passage (only a teacher-scored group may be label-free)")
+        if not self.pos_ids and not self.neg_ids:
+            raise ValueError(f"query {self.qid!r}: no candidate passage")
         if self.teacher_scores is not None:
             ids = self.pos_ids + self.neg_ids
             missing = [i for i in ids if i not in self.teacher_scores]

@@ -57,10 +57,12 @@ class ScoreBatch:
     in_batch_offset
         Number of ``in_batch`` columns that belong to earlier ranks (``0`` on one process).
     label_mask
-        ``[B, G]`` bool or ``None``; ``False`` = a synthetic candidate without a label (an ADAM dark
-        example such as a masked copy of the positive). Teacher-based losses score it like any
-        candidate; label-based losses (InfoNCE) do not count it as a negative of its own query
-        (:meth:`contrastive_masks`); other queries still see it as an in-batch negative.
+        ``[B, G]`` bool or ``None``; ``False`` = a candidate without a label: a synthetic one (an ADAM
+        dark example such as a masked copy of the positive), or every candidate of a query from a
+        *label-free* group (a teacher without passage labels; its column 0 is the teacher's favourite,
+        not a positive). Teacher-based losses score them like any candidate; label-based losses (InfoNCE)
+        do not count a dark example as a negative of its own query (other queries still see it as an
+        in-batch negative) and refuse a batch with a label-free query (:meth:`contrastive_masks`).
     heads
         Extra score heads of a multi-head student over the *same* ``[B, G]`` candidates, by name
         (e.g. ``{"colbert": ScoreBatch(...)}`` from an ERNIE-Search model, whose dense head is this
@@ -159,7 +161,9 @@ class ScoreBatch:
         """``(group mask [B, G], in-batch mask [B, N] or [N])`` for label-based losses (``None`` = all real).
 
         ``mask`` with each query's own unlabelled candidates (``label_mask`` False) switched off; in the
-        in-batch matrix only the query's own group columns are affected.
+        in-batch matrix only the query's own group columns are affected. Raises ``ValueError`` when a
+        query's column 0 is unlabelled (a label-free group): a label-based loss would learn the teacher's
+        favourite as if it were a labelled positive.
 
         Examples
         --------
@@ -171,6 +175,10 @@ class ScoreBatch:
         """
         if self.label_mask is None:
             return self.mask, self.in_batch_mask
+        if not bool(self.label_mask[:, 0].all()):
+            raise ValueError("a label-based loss (contrastive) got a query from a label-free group, whose first "
+                             "candidate is the teacher's favourite, not a labelled positive: use losses over the "
+                             "teacher's scores only (kl, mse, margin_mse, margin_ranking, listnet, ranknet)")
         group = self.label_mask if self.mask is None else self.mask & self.label_mask
         if self.in_batch is None:
             return group, self.in_batch_mask

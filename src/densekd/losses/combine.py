@@ -94,6 +94,13 @@ class WeightedSum(nn.Module):
         except KeyError as err:  # e.g. a name that shadows an nn.Module attribute ("training")
             raise ValueError(f"bad loss name: {err}") from None
 
+    @property
+    def needs_labels(self) -> bool:
+        """Some term with a weight above 0 takes candidate 0 as a labelled positive (its ``needs_labels``):
+        then the loss cannot learn from label-free groups (:class:`~densekd.data.types.TrainGroup`)."""
+        return any(getattr(loss, "needs_labels", False) and self.weights[name] > 0
+                   for name, loss in self.losses.items())
+
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Weighted components (scalars) and their total under ``"loss"``."""
         out: dict[str, Tensor] = {}

@@ -73,6 +73,9 @@ class InfoNCE(nn.Module):
         Use the in-batch matrix when the batch carries one.
     """
 
+    #: candidate 0 is the target: it must be a labelled positive (no label-free groups)
+    needs_labels: bool = True
+
     def __init__(self, temperature: float = 0.05, use_in_batch: bool = True) -> None:
         super().__init__()
         self.temperature = check_temperature(temperature, "temperature")

@@ -233,6 +233,11 @@ class ErnieSearchLoss(nn.Module):
                    if f.name.endswith("_weight")):
             raise ValueError("every ErnieSearchLoss weight is 0: nothing to train")
 
+    @property
+    def needs_labels(self) -> bool:
+        """A contrastive term is on: candidate 0 must be a labelled positive (no label-free groups)."""
+        return self.settings.dense_contrastive_weight > 0 or self.settings.colbert_contrastive_weight > 0
+
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
         """Weighted components; ``scores`` is the dense head and ``scores.heads["colbert"]`` the other."""
         return ernie_search_loss(scores, scores.head(COLBERT_HEAD), self.settings)

@@ -22,9 +22,11 @@ the steps downstream of it, and a rerun reuses everything):
   ``log_history.json``. With ``reader.cross_fit``: ``iter_<n>/reader_fold0/`` and ``reader_fold1/``,
   each trained on one fold of the questions and scoring the other (:mod:`densekd.pipeline.readers`).
 * ``iter_<n>/scores/groups.jsonl``: one :class:`~densekd.data.types.TrainGroup` per training question
-  holding its ``k`` passages and their raw reader scores (``teacher_scores``). ``pos_ids[0]`` is the
-  passage the *reader* scored highest (a label derived from the reader, never from qrels; the KL,
-  MSE and margin losses ignore which candidate is first), ``neg_ids`` the others in retrieval order.
+  holding its ``k`` passages in retrieval order and their raw reader scores (``teacher_scores``): a
+  *label-free* group (``pos_ids == []``, :mod:`densekd.data.types`), since the loop reads no passage
+  label. The retriever's training items put the reader's favourite first
+  (:meth:`~densekd.data.types.TrainGroup.anchor_id`) and the others in retrieval order; label-based
+  loss terms (``contrastive``) are refused, in the config and in the loss.
 * ``iter_<n>/retriever/``: ``model/`` (the distilled :class:`~densekd.encoders.dense.DenseEncoder`), ``log_history.json``.
 * ``iter_<n>/runs/``: the new retriever's runs (FAISS over the corpus); iteration ``n + 1`` reads them.
 * ``iter_<n>/candidates/train.trec`` (``retrieval.candidates: hybrid`` only): those runs fused with BM25's
@@ -72,21 +74,15 @@ SCORE_CHUNK = 16
 
 # ----------------------------------------------------------------------------------------- steps
 def bm25_retrieval(ctx: QAContext) -> tuple[Path, str]:
-    """Iteration 0: BM25 runs of the training and evaluation questions (``iter_0/runs``)."""
-    from densekd.index.bm25 import BM25Index
-
+    """Iteration 0: BM25 runs of the training and evaluation questions (``iter_0/runs``; the shared step)."""
     r = ctx.cfg.retrieval
     key = cache_key("fidkd-bm25-v1", ctx.data_key, ctx.train_qids, ctx.eval_qids, r.k, r.eval_depth)
-
-    def compute(out: Path) -> dict[str, Any]:
-        index = BM25Index().index(ctx.corpus, show_progress=False)
-        for name, qids, depth in (("train", ctx.train_qids, r.k), ("dev", ctx.eval_qids, r.eval_depth)):
-            write_run(out / f"{name}.trec", index.search({q: ctx.queries[q].text for q in qids}, k=depth,
-                                                          show_progress=False))
-        return {"retriever": "bm25"}
-
     folder = ctx.out / "iter_0" / "runs"
-    ctx.step("iter_0/bm25", folder, compute, key)
+    texts = {name: {q: ctx.queries[q].text for q in qids} for name, qids in (("train", ctx.train_qids),
+                                                                             ("dev", ctx.eval_qids))}
+    steps.bm25_search(ctx, "iter_0/bm25", folder, {"train.trec": (texts["train"], r.k),
+                                                   "dev.trec": (texts["dev"], r.eval_depth)},
+                      key=key, summary={"retriever": "bm25"}, show_progress=False)
     return folder, key
 
 
@@ -166,13 +162,13 @@ def score_passages(ctx: QAContext, n: int, runs: Path, readers: dict[int | None,
         for f, (path, _) in readers.items():
             mine = [q for q in ctx.train_qids if run.get(q) and (f is None or folds.get(q) == 1 - f)]
             pids = {q: [p.id for p in ctx.passages(run, q)] for q in mine}
-            todo = [TrainGroup(q, pids[q][:1], pids[q][1:]) for q in mine]  # retrieval order, no label
+            todo = [TrainGroup(q, [], pids[q]) for q in mine]  # label-free: retrieval order, no positive
             for g in annotate(todo, ctx.queries, ctx.corpus, kind.teacher(path, scoring), partial / f"fold{f}.jsonl",
                               flush_every=SCORE_CHUNK, answers=answers, show_progress=False):
-                scored[g.qid] = _favourite_first(g)
+                scored[g.qid] = g
         groups = [scored[qid] for qid in ctx.train_qids if qid in scored]
         write_jsonl(out / "groups.jsonl", (g.to_json() for g in groups))
-        hits = [has_answer(ctx.corpus[g.pos_ids[0]].text, ctx.queries[g.qid].answers) for g in groups]
+        hits = [has_answer(ctx.corpus[g.anchor_id()].text, ctx.queries[g.qid].answers) for g in groups]
         return {"questions": len(groups), "scoring": scoring, "cross_fit": folds is not None,
                 "train_top_attention_has_answer": float(np.mean(hits)) if hits else 0.0}
 
@@ -180,19 +176,18 @@ def score_passages(ctx: QAContext, n: int, runs: Path, readers: dict[int | None,
     summary = ctx.step(f"iter_{n}/scores", folder, compute, key, {"scoring": scoring})
     steps.drop_checkpoints(partial)
     with open(folder / "groups.jsonl", encoding="utf-8") as f:
-        return [TrainGroup.from_json(json.loads(line)) for line in f], key, summary
+        return [label_free(TrainGroup.from_json(json.loads(line))) for line in f], key, summary
 
 
-def _favourite_first(group: TrainGroup) -> TrainGroup:
-    """The reader's favourite moved first (the datasets need a positive); scores stay in retrieval order.
+def label_free(group: TrainGroup) -> TrainGroup:
+    """``group`` as a label-free group: every candidate in ``neg_ids``, in retrieval order.
 
-    The favourite is a label the *reader* gave, not a qrels label: losses over the teacher scores (KL,
-    MSE, margins) ignore which candidate is first, in-batch contrastive terms take it as the positive.
+    Files written before label-free groups existed held the reader's favourite in ``pos_ids`` (scores in
+    retrieval order): read as this, they train exactly the same items, so their caches stay valid.
     """
-    scores = group.teacher_scores or {}
-    pids = list(scores)
-    best = pids[int(np.argmax(list(scores.values())))]
-    return TrainGroup(group.qid, [best], [p for p in pids if p != best], scores)
+    if not group.pos_ids:
+        return group
+    return TrainGroup(group.qid, [], list(group.teacher_scores or {}), group.teacher_scores)
 
 
 def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key: str, base_store: Any,
@@ -222,7 +217,7 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
         start = str(start_from[0]) if start_from else s.model
         encoder = DenseEncoder.from_pretrained(start, query_max_length=s.query_max_length,
                                                passage_max_length=s.passage_max_length)
-        dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=k, seed=s.seed,
+        dataset = TrainGroupDataset(groups, ctx.queries, ctx.corpus, group_size=k, seed=s.seed, allow_label_free=True,
                                     negative_sampling="top")
         trainer = DistillTrainer(model=encoder, args=args, train_dataset=dataset,
                                  passage_embeddings=base_store if s.train_mode == "query_only" else None)

@@ -212,9 +212,9 @@ class RetrieverSection:
         Iteration ``n > 1`` starts from iteration ``n - 1``'s retriever (``false``: from ``model``).
     loss
         :func:`densekd.losses.build_loss` spec over the ``k`` passages, e.g. ``{kl: {...}}`` (the
-        paper's choice), ``{mse: {}}`` or ``{margin_ranking: {margin: 0.1}}``. Candidate 0 of a
-        group is the reader's top-scored passage (a label from the reader, never from qrels), so a
-        ``contrastive`` term would treat the reader's favourite as the positive.
+        paper's choice), ``{mse: {}}`` or ``{margin_ranking: {margin: 0.1}}``. The reader's groups
+        are label-free (no passage is a labelled positive), so a label-based term (``contrastive``) is
+        refused.
     group_size
         Candidates per question in the retriever's loss: the reader's favourite first, then the other
         scored passages in retrieval order (``null`` = all ``retrieval.k``). ``2`` is DPR's recipe (one
@@ -335,6 +335,10 @@ class FidKDConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
         try:
-            build_loss(self.retriever.loss)
+            loss = build_loss(self.retriever.loss)
         except ValueError as err:
             raise ValueError(f"retriever.loss: {err}") from None
+        if loss.needs_labels:  # the reader's groups are label-free: no candidate is a labelled positive
+            raise ValueError(f"retriever.loss: {self.retriever.loss} has a label-based term (contrastive); the "
+                             "reader's scores carry no passage label: use kl, mse, margin_mse, margin_ranking, "
+                             "listnet or ranknet")

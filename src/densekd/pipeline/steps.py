@@ -2,7 +2,7 @@
 
 Cache layout (``cfg.cache_dir``), one folder per step output, keyed by what it depends on:
 
-* ``bm25/<key>/``: ``train.trec``, ``eval.trec`` (BM25 runs; key: data digest, depth)
+* ``bm25/<key>/``: ``train.trec``, ``eval.trec`` (BM25 runs, :func:`bm25_search`; key: data digest, depth)
 * ``mined/<key>/groups.jsonl``: TrainGroups without scores (key: BM25 key, mining settings)
 * ``teacher/<key>/``: cross-encoder folder + ``DONE.json`` with its dev rerank metrics
 * ``annotations/<key>/scores.jsonl``: teacher logits per candidate (resumable; key: mined key + teacher)
@@ -108,23 +108,37 @@ def _texts(ctx: Context, qrels: Qrels) -> dict[str, str]:
 
 def bm25_runs(ctx: Context) -> tuple[Run, Run, str]:
     """BM25 runs for the training and the evaluation queries (cached)."""
-    from densekd.index.bm25 import BM25Index
-
     depth = ctx.cfg.mining.depth
     key = cache_key("bm25-v1", ctx.data_key, depth, ctx.cfg.data.max_train_queries)
     folder = ctx.cache / "bm25" / key
+    bm25_search(ctx, "bm25", folder, {"train.trec": (_texts(ctx, ctx.train_qrels), depth),
+                                      "eval.trec": (_texts(ctx, ctx.eval_qrels), max(depth, 100))},
+                meta={"depth": depth})
+    return load_run(folder / "train.trec"), load_run(folder / "eval.trec"), key
+
+
+def bm25_search(ctx: Any, name: str, folder: Path, searches: dict[str, tuple[dict[str, str], int]],
+                key: str | None = None, meta: dict[str, Any] | None = None, summary: dict[str, Any] | None = None,
+                show_progress: bool = True) -> dict[str, Any]:
+    """The BM25 step of every method: index ``ctx.corpus`` once, write one TREC run per query set (cached).
+
+    ``ctx``: a :class:`Context` or a reader -> retriever ``QAContext`` (``corpus``, ``record``); ``name``:
+    the step in the timing log; ``folder``, ``key``: as :func:`~densekd.pipeline.cache.cached_step`;
+    ``searches``: ``file name -> ({qid: query text}, depth)``; ``meta``, ``summary``: recorded in the
+    marker (the summary is returned).
+    """
+    from densekd.index.bm25 import BM25Index
 
     def compute(out: Path) -> dict[str, Any]:
-        index = BM25Index()
-        index.index(ctx.corpus)
-        write_run(out / "train.trec", index.search(_texts(ctx, ctx.train_qrels), k=depth))
-        write_run(out / "eval.trec", index.search(_texts(ctx, ctx.eval_qrels), k=max(depth, 100)))
-        return {}
+        index = BM25Index().index(ctx.corpus, show_progress=show_progress)
+        for file, (texts, depth) in searches.items():
+            write_run(out / file, index.search(texts, k=depth, show_progress=show_progress))
+        return dict(summary or {})
 
     start = time.perf_counter()
-    _, reused = cached_step(folder, compute, {"depth": depth})
-    ctx.record("bm25", start, reused)
-    return load_run(folder / "train.trec"), load_run(folder / "eval.trec"), key
+    result, reused = cached_step(folder, compute, meta, key=key)
+    ctx.record(name, start, reused)
+    return result
 
 
 def mine(ctx: Context, train_run: Run, bm25_key: str) -> tuple[list[TrainGroup], str]:

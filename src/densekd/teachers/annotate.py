@@ -19,8 +19,8 @@ its candidates, ``extra_passages[pid]`` (a text) for synthetic ids and the corpu
 :class:`~densekd.data.types.Passage` otherwise (a pair-reading teacher scores
 ``(queries[qid].text, corpus[pid].full_text())``), and, when ``answers`` are given, the query's answer
 (read only by answer-conditioned teachers, e.g. a FiD reader's ``fid-kd`` scoring). A label-free
-teacher's groups (a reader scoring retrieved passages) list the candidates in retrieval order, the
-first standing in ``pos_ids`` only because the format needs one there: the caller reorders them.
+teacher's groups (a reader scoring retrieved passages) have an empty ``pos_ids`` and list every
+candidate in ``neg_ids``, in retrieval order (label-free groups, :mod:`densekd.data.types`).
 
 Resuming and caching
 --------------------
@@ -205,8 +205,8 @@ def _check_inputs(groups: Sequence[TrainGroup], queries: Queries, corpus: Corpus
         if g.qid in seen:
             raise DataFormatError(None, f"duplicate qid {g.qid!r} in the groups to annotate")
         seen.add(g.qid)
-        if not g.pos_ids:
-            raise DataFormatError(None, f"query {g.qid!r}: no positive passage")
+        if not g.pos_ids + g.neg_ids:  # no positive is fine: a label-free teacher scores unlabelled lists
+            raise DataFormatError(None, f"query {g.qid!r}: no candidate passage")
         if g.qid not in queries:
             raise DataFormatError(None, f"query {g.qid!r} is not in the queries")
         extra = g.extra_passages or {}

@@ -10,6 +10,9 @@ Data contract
      "teacher_scores": Tensor | None,     # float32[B, G] raw teacher logits aligned with pids, or None
      "mask": Tensor,                      # bool[B, G]; False = a repeat of an earlier id in the same group
      "pids": list[list[str]],             # [B][G] candidate ids (query_only mode looks vectors up by these)
+     "label_mask": Tensor,                # bool[B, G]; only when some candidate has no label: False at
+                                          #   synthetic candidates (dark examples) and on the whole row of
+                                          #   an item from a label-free group (its candidate 0 is no positive)
      "weights": Tensor}                   # float32[B] instance weights; only when items carry "weight"
                                           #   (e.g. self-paced weight mode), absent otherwise
 
@@ -124,7 +127,10 @@ class DistillCollator:
         if weights is not None:  # only then: batches without weights keep their exact old keys
             batch["weights"] = weights
         labelled = label_mask(pids)
-        if not bool(labelled.all()):  # likewise: only batches with synthetic candidates carry the key
+        for i, item in enumerate(items):
+            if item.get("labelled") is False:  # a label-free group: no candidate of the row is labelled
+                labelled[i] = False
+        if not bool(labelled.all()):  # likewise: only batches with unlabelled candidates carry the key
             batch["label_mask"] = labelled
         if self.tokenize_passage is not None:
             texts = [text for item in items for text in item["passages"]]  # group-major

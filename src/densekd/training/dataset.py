@@ -8,7 +8,8 @@ Data contract
      "query": str,                        # Query.text
      "pids": list[str],                   # G ids, the positive first
      "passages": list[str],               # G texts aligned with pids (Passage.full_text() or extra text)
-     "teacher_scores": list[float] | None}  # G raw teacher logits aligned with pids, or None
+     "teacher_scores": list[float] | None,  # G raw teacher logits aligned with pids, or None
+     "labelled": False}                   # only for a label-free group: pids[0] is no positive
 
 Texts are looked up at ``__getitem__`` time: the dataset holds references to the caller's ``queries``
 and ``corpus`` mappings and never copies them. Ids in ``TrainGroup.extra_passages`` (synthetic
@@ -19,7 +20,11 @@ Sampling
 Item ``idx`` at epoch ``e`` is a pure function of ``(seed, e, idx)``: the same in every dataloader
 worker and process and in any access order, so resuming and DDP sharding see identical groups.
 
-* Positive: one of ``pos_ids``, rotating through a per-``(seed, idx)`` shuffle by epoch.
+* Positive: one of ``pos_ids``, rotating through a per-``(seed, idx)`` shuffle by epoch. A label-free
+  group (no ``pos_ids``; only with ``allow_label_free``) puts its teacher's favourite
+  (:meth:`TrainGroup.anchor_id`) in that place and samples the others as its negatives; its items say
+  ``"labelled": False`` so that the collator can tell label-based losses (module
+  :mod:`densekd.training.collator`).
 * ``"random"`` negatives: a per-``(seed, idx)`` shuffle of ``neg_ids`` read as a ring; epoch ``e`` takes
   the ``G - 1`` entries from position ``e * (G - 1)``. Every negative is used once before any repeats
   (tevatron's scheme), and the window moves each epoch whenever a group has more than ``G - 1``.
@@ -83,7 +88,11 @@ def sample_group_ids(group: TrainGroup, group_size: int, seed: int, epoch: int, 
         extra = group.extra_passages or {}
         negatives = [n for n in group.neg_ids if n not in extra]
         tail = [n for n in group.neg_ids if n in extra][:extra_per_group]
-    head = _sample_corpus_ids(group.pos_ids, negatives, group_size, seed, epoch, idx, negative_sampling)
+    positives = group.pos_ids
+    if not group.labelled:  # label-free: the teacher's favourite leads, as a positive would (no label)
+        positives = [group.anchor_id()]
+        negatives = [n for n in negatives if n != positives[0]]
+    head = _sample_corpus_ids(positives, negatives, group_size, seed, epoch, idx, negative_sampling)
     if extra_per_group > 0:
         pad = tail or head[-1:]  # repeats are masked out of the losses by the collator
         tail = [pad[k % len(pad)] for k in range(extra_per_group)]
@@ -131,6 +140,9 @@ class TrainGroupDataset(Dataset):
     check_ids
         Verify at construction that every id resolves, so a bad file fails before training starts
         rather than mid-epoch (dictionary look-ups only; no text is copied).
+    allow_label_free
+        Accept label-free groups (no positive, teacher scores for every candidate; module docstring of
+        :mod:`densekd.data.types`). Off by default: a group without a positive is then an error.
 
     Examples
     --------
@@ -142,7 +154,7 @@ class TrainGroupDataset(Dataset):
 
     def __init__(self, groups: Sequence[TrainGroup], queries: Mapping[str, Query], corpus: Mapping[str, Passage],
                  group_size: int = 8, seed: int = 42, negative_sampling: str = "random", check_ids: bool = True,
-                 extra_per_group: int = 0):
+                 extra_per_group: int = 0, allow_label_free: bool = False):
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
         if not isinstance(extra_per_group, int) or extra_per_group < 0:
@@ -158,6 +170,7 @@ class TrainGroupDataset(Dataset):
         self.seed = seed
         self.negative_sampling = negative_sampling
         self.extra_per_group = extra_per_group
+        self.allow_label_free = bool(allow_label_free)
         self.epoch = 0
         if check_ids:
             self._check_ids()
@@ -165,8 +178,10 @@ class TrainGroupDataset(Dataset):
     def _check_ids(self) -> None:
         problems: list[str] = []
         for i, group in enumerate(self.groups):
-            if not group.pos_ids:
-                problems.append(f"group {i} (query {group.qid!r}) has no positive")
+            if not group.pos_ids and not (self.allow_label_free and group.teacher_scores is not None and group.neg_ids):
+                problems.append(f"group {i} (query {group.qid!r}) has no positive" + (
+                    " (a label-free group needs teacher scores and a candidate)" if self.allow_label_free else
+                    " (label-free groups need allow_label_free and a loss that reads no labels)"))
             if group.qid not in self.queries:
                 problems.append(f"group {i}: query {group.qid!r} not in queries")
             extra = group.extra_passages or {}
@@ -212,10 +227,16 @@ class TrainGroupDataset(Dataset):
         group = self.groups[idx]
         pids = self.sample_ids(idx, epoch)
         scores = group.teacher_scores
-        return {
+        item = {
             "qid": group.qid,
             "query": self.queries[group.qid].text,
             "pids": pids,
             "passages": [self.passage_text(group, pid) for pid in pids],
             "teacher_scores": None if scores is None else [float(scores[pid]) for pid in pids],
         }
+        if not group.labelled:  # only then: labelled items keep their exact old keys
+            if not self.allow_label_free:
+                raise ValueError(f"group {idx} (query {group.qid!r}) has no positive (label-free groups need "
+                                 "allow_label_free and a loss that reads no labels)")
+            item["labelled"] = False
+        return item
