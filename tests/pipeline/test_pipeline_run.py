@@ -230,3 +230,33 @@ def test_corpus_vectors_follow_the_weights_not_the_folder(tmp_path, toy_beir_dir
     expected = DenseEncoder.from_pretrained(folder, passage_max_length=32).encode_passages(texts, show_progress=False)
     rows = [after.ids.index(pid) for pid in ctx.corpus]
     np.testing.assert_allclose(np.asarray(after.embeddings)[rows], expected, atol=1e-5)
+
+
+def test_passage_token_states_follow_the_weights_not_the_folder(tmp_path, toy_beir_dir, tiny_bert_path):
+    """As the corpus vectors: a model folder rewritten in place with a changed passage tower gets new token
+    states (the key was the top-level model.safetensors digest, or the *path* for an untied folder)."""
+    import numpy as np
+    import torch
+
+    from densekd.cli.config import load_config
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.pipeline import steps
+    from densekd.pipeline.config import PipelineConfig
+
+    cfg = load_config(_config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"cross_encoder": 1.0}), [],
+                      PipelineConfig)
+    ctx = steps.load_context(cfg)
+    folder = tmp_path / "student"
+    encoder = DenseEncoder.from_pretrained(tiny_bert_path, shared=False)
+    encoder.save_pretrained(folder)
+    before = steps.passage_token_states(ctx, str(folder), 32, "student", dtype="float32")
+    old = np.array(before.vectors, copy=True)
+    with torch.no_grad():
+        next(encoder.passage_model.parameters()).add_(0.5)
+    encoder.save_pretrained(folder)
+    after = steps.passage_token_states(ctx, str(folder), 32, "student", dtype="float32")
+    assert ctx.timings["token-states:student"]["cached"] is False
+    assert after.manifest["fingerprint"] != before.manifest["fingerprint"]
+    assert not np.allclose(np.asarray(after.vectors), old)
+    steps.passage_token_states(ctx, str(folder), 32, "student", dtype="float32")
+    assert ctx.timings["token-states:student"]["cached"] is True

@@ -355,21 +355,20 @@ def passage_token_states(ctx: Context, model_path: str | None, max_length: int, 
 
     Returns a :class:`~densekd.index.token_states.PassageTokenStates` over the corpus: last-layer
     hidden states (``dtype``, ragged, memory-mapped), token ids and pooled vectors of one pass of the
-    model's passage tower, in ``<cache>/token_states/<key>/`` (key: model + corpus file + max length + dtype,
-    as :func:`corpus_embeddings`). SciFact at length 256 takes ~5 min on 2 CPU cores once, ~0.9 GB.
+    model's passage tower, in ``<cache>/token_states/<key>/`` (key: the loaded encoder's fingerprint + corpus
+    file + max length + dtype, never a path, as :func:`corpus_embeddings`). SciFact at length 256 takes
+    ~5 min on 2 CPU cores once, ~0.9 GB.
     """
-    from densekd.data.hashing import file_digest
     from densekd.encoders.dense import DenseEncoder, resolve_model_path
+    from densekd.index.dense_search import default_fingerprint
     from densekd.index.token_states import encode_token_states
 
     path = Path(resolve_model_path(model_path))
-    weights = path / "model.safetensors"
-    model_id = file_digest(weights) if weights.is_file() else str(path)
-    fingerprint = cache_key("token-states-v2", model_id, max_length, ctx.corpus_key, dtype)
-    folder = ctx.cache / "token_states" / fingerprint
     start = time.perf_counter()
-    reused = (folder / "manifest.json").is_file()
     encoder = DenseEncoder.from_pretrained(path, passage_max_length=max_length)
+    fingerprint = cache_key("token-states-v3", default_fingerprint(encoder), max_length, ctx.corpus_key, dtype)
+    folder = ctx.cache / "token_states" / fingerprint
+    reused = (folder / "manifest.json").is_file()
     states = encode_token_states(encoder, ctx.corpus, folder, batch_size=ctx.cfg.encode_batch_size, dtype=dtype,
                                  fingerprint=fingerprint)
     ctx.record(f"token-states:{tag}", start, reused)
