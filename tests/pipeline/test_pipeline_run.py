@@ -202,10 +202,9 @@ def test_corpus_vectors_are_keyed_by_the_corpus_not_the_queries(tmp_path, toy_be
     assert third.timings["encode:base"]["cached"] is False
 
 
-def test_corpus_vectors_follow_the_weights_not_the_folder(tmp_path, toy_beir_dir, tiny_bert_path):
-    """An untied model folder (no top-level model.safetensors) rewritten in place with a changed passage
-    tower is encoded again, and its vectors are the new tower's: the key never falls back to the path."""
-    import numpy as np
+def _untied_folder_changed_in_place(tmp_path, toy_beir_dir, tiny_bert_path, step):
+    """``step(ctx, folder)`` on an untied model folder (no top-level model.safetensors), then again after its
+    passage tower is changed and saved in place: ``(ctx, first result, second result)``."""
     import torch
 
     from densekd.cli.config import load_config
@@ -219,44 +218,45 @@ def test_corpus_vectors_follow_the_weights_not_the_folder(tmp_path, toy_beir_dir
     folder = tmp_path / "student"
     encoder = DenseEncoder.from_pretrained(tiny_bert_path, shared=False)
     encoder.save_pretrained(folder)
-    before = steps.corpus_embeddings(ctx, folder, 32, "student")
+    before = step(ctx, folder)
     with torch.no_grad():
         next(encoder.passage_model.parameters()).add_(0.5)
     encoder.save_pretrained(folder)
-    after = steps.corpus_embeddings(ctx, folder, 32, "student")
+    return ctx, before, step(ctx, folder)
+
+
+def test_corpus_vectors_follow_the_weights_not_the_folder(tmp_path, toy_beir_dir, tiny_bert_path):
+    """An untied model folder rewritten in place with a changed passage tower is encoded again, and its
+    vectors are the new tower's: the key never falls back to the path."""
+    import numpy as np
+
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.pipeline import steps
+
+    ctx, before, after = _untied_folder_changed_in_place(
+        tmp_path, toy_beir_dir, tiny_bert_path, lambda ctx, folder: steps.corpus_embeddings(ctx, folder, 32, "student"))
     assert ctx.timings["encode:student"]["cached"] is False
     assert after.fingerprint != before.fingerprint
     texts = [p.full_text() for p in ctx.corpus.values()]
+    folder = tmp_path / "student"
     expected = DenseEncoder.from_pretrained(folder, passage_max_length=32).encode_passages(texts, show_progress=False)
     rows = [after.ids.index(pid) for pid in ctx.corpus]
     np.testing.assert_allclose(np.asarray(after.embeddings)[rows], expected, atol=1e-5)
 
 
 def test_passage_token_states_follow_the_weights_not_the_folder(tmp_path, toy_beir_dir, tiny_bert_path):
-    """As the corpus vectors: a model folder rewritten in place with a changed passage tower gets new token
-    states (the key was the top-level model.safetensors digest, or the *path* for an untied folder)."""
+    """As the corpus vectors: a folder rewritten in place with a changed passage tower gets new token states
+    (the key was the top-level model.safetensors digest, or the *path* for an untied folder)."""
     import numpy as np
-    import torch
 
-    from densekd.cli.config import load_config
-    from densekd.encoders.dense import DenseEncoder
     from densekd.pipeline import steps
-    from densekd.pipeline.config import PipelineConfig
 
-    cfg = load_config(_config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"cross_encoder": 1.0}), [],
-                      PipelineConfig)
-    ctx = steps.load_context(cfg)
-    folder = tmp_path / "student"
-    encoder = DenseEncoder.from_pretrained(tiny_bert_path, shared=False)
-    encoder.save_pretrained(folder)
-    before = steps.passage_token_states(ctx, str(folder), 32, "student", dtype="float32")
-    old = np.array(before.vectors, copy=True)
-    with torch.no_grad():
-        next(encoder.passage_model.parameters()).add_(0.5)
-    encoder.save_pretrained(folder)
-    after = steps.passage_token_states(ctx, str(folder), 32, "student", dtype="float32")
+    def states(ctx, folder):
+        table = steps.passage_token_states(ctx, str(folder), 32, "student", dtype="float32")
+        return table.manifest["fingerprint"], np.array(table.vectors, copy=True)
+
+    ctx, before, after = _untied_folder_changed_in_place(tmp_path, toy_beir_dir, tiny_bert_path, states)
     assert ctx.timings["token-states:student"]["cached"] is False
-    assert after.manifest["fingerprint"] != before.manifest["fingerprint"]
-    assert not np.allclose(np.asarray(after.vectors), old)
-    steps.passage_token_states(ctx, str(folder), 32, "student", dtype="float32")
+    assert after[0] != before[0] and not np.allclose(after[1], before[1])
+    assert states(ctx, tmp_path / "student")[0] == after[0]
     assert ctx.timings["token-states:student"]["cached"] is True
