@@ -190,3 +190,17 @@ def test_title_folds_are_stable_balanced_and_the_teacher_refuses_unknown_scoring
     assert set(title_folds(["a", "b"]).values()) == {0, 1}
     with pytest.raises(ValueError, match="scoring"):
         SpanReaderTeacher(reader, "attention")
+
+
+def test_caching_hands_the_freed_heap_back_after_every_chunk(reader, monkeypatch):
+    """Kept states between freed temporaries fragment the heap (5x their size on squad-open): the dataset
+    trims it once per chunk, and trimming changes no cached value."""
+    import densekd.training.span_reader_trainer as srt
+
+    examples = [ReaderExample(q, a, ps) for q, a, ps in zip(QUESTIONS, ANSWERS, PASSAGES)] * 5  # 10 questions
+    trimmed = SpanReaderDataset(reader, examples, chunk=4)
+    calls = []
+    monkeypatch.setattr(srt, "release_free_heap", lambda: calls.append(1))
+    untrimmed = SpanReaderDataset(reader, examples, chunk=4)
+    assert len(calls) == 3  # ceil(10 / 4) chunks
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(trimmed.items, untrimmed.items) for k in a)

@@ -7,7 +7,10 @@ Data contract
 * :class:`SpanReaderDataset` tokenises every example once. With ``frozen_layers > 0`` it also runs the
   frozen lower layers once and keeps their output (fp16, ``[k, L_q, H]`` per question, ``L_q`` the
   question's own longest pair), so each epoch only runs the trained top layers: on CPU this is what
-  makes all of squad-open's training questions affordable. Items are dicts of tensors
+  makes all of squad-open's training questions affordable. After every chunk the freed heap is handed
+  back to the OS (:func:`release_free_heap`): the kept states, one small tensor per question, sit between
+  each chunk's freed float32 temporaries, and glibc's fragmented heap grew to ~5x their size (6,250
+  questions were killed at 24 GiB for ~4.3 GiB of states). Items are dicts of tensors
   (``hidden`` or ``input_ids``/``token_type_ids``, ``attention_mask``, ``token_mask``,
   ``start_targets``, ``end_targets``); :func:`pad_collate` pads ``k`` and ``L`` across a batch.
 * :class:`SpanReaderTrainer` minimises :func:`~densekd.losses.span.span_pointer_loss` (the model's own
@@ -17,6 +20,7 @@ Data contract
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +35,8 @@ from densekd.encoders.span_reader import CONFIG_NAME, SpanReader
 from densekd.training.checkpointing import CheckpointTrainer
 from densekd.training.reader_trainer import ReaderDataset, ReaderExample
 from densekd.training.span_reader_config import SpanReaderArgs
+
+_LIBC: Any = None  # the C library once loaded (False where it has no malloc_trim)
 
 _TARGETS = ("attention_mask", "token_mask", "start_targets", "end_targets")
 
@@ -75,12 +81,30 @@ class SpanReaderDataset(Dataset):
                     item["token_type_ids"] = batch.token_type_ids[b, :n, :width].clone()
                 self.answerable += bool(item["start_targets"].any())
                 self.items.append(item)
+            release_free_heap()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, idx: int) -> dict[str, Tensor]:
         return self.items[idx]
+
+
+def release_free_heap() -> None:
+    """Return the free pages of the C heap to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Fragmentation keeps them otherwise: caching 300 squad-open questions grew the process by 1,141 MiB
+    for 207 MiB of kept states, by 278 MiB with a trim after every chunk.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 (musl, macOS: no such symbol)
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
 def pad_collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
