@@ -330,12 +330,7 @@ def query_cosine(ctx: QAContext, model: Path | str | None, n: int = 200) -> floa
 def label_quality(ctx: QAContext, n: int) -> dict[str, float]:
     """Training questions of iteration ``n``: how often the reader's favourite of the ``k`` passages it
     scored holds an answer vs how often the retriever's first one does, and any of the ``k`` (ceiling)."""
-    import json
-
-    from densekd.data.types import TrainGroup
-
-    lines = (ctx.out / f"iter_{n}" / "scores" / "groups.jsonl").read_text(encoding="utf-8").splitlines()
-    groups = [fidkd.label_free(TrainGroup.from_json(json.loads(line))) for line in lines]
+    groups = fidkd.read_scores(ctx.out / f"iter_{n}" / "scores")
     reader_top = retriever_top = any_k = 0
     for g in groups:
         answers = ctx.queries[g.qid].answers

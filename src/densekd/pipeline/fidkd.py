@@ -175,8 +175,13 @@ def score_passages(ctx: QAContext, n: int, runs: Path, readers: dict[int | None,
     folder = ctx.out / f"iter_{n}" / "scores"
     summary = ctx.step(f"iter_{n}/scores", folder, compute, key, {"scoring": scoring})
     steps.drop_checkpoints(partial)
+    return read_scores(folder), key, summary
+
+
+def read_scores(folder: Path) -> list[TrainGroup]:
+    """The groups of a scores step (``iter_<n>/scores/groups.jsonl``), read as label-free groups."""
     with open(folder / "groups.jsonl", encoding="utf-8") as f:
-        return [label_free(TrainGroup.from_json(json.loads(line))) for line in f], key, summary
+        return [label_free(TrainGroup.from_json(json.loads(line))) for line in f]
 
 
 def label_free(group: TrainGroup) -> TrainGroup:

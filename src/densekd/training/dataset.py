@@ -50,6 +50,8 @@ from torch.utils.data import Dataset
 from densekd.data.types import Passage, Query, TrainGroup
 
 NEGATIVE_SAMPLING_MODES: tuple[str, ...] = ("random", "top")
+#: why a group without a positive is refused when label-free groups are not allowed
+LABEL_FREE_REFUSED = "label-free groups need allow_label_free and a loss that reads no labels"
 
 
 def sample_group_ids(group: TrainGroup, group_size: int, seed: int, epoch: int, idx: int,
@@ -181,7 +183,7 @@ class TrainGroupDataset(Dataset):
             if not group.pos_ids and not (self.allow_label_free and group.teacher_scores is not None and group.neg_ids):
                 problems.append(f"group {i} (query {group.qid!r}) has no positive" + (
                     " (a label-free group needs teacher scores and a candidate)" if self.allow_label_free else
-                    " (label-free groups need allow_label_free and a loss that reads no labels)"))
+                    f" ({LABEL_FREE_REFUSED})"))
             if group.qid not in self.queries:
                 problems.append(f"group {i}: query {group.qid!r} not in queries")
             extra = group.extra_passages or {}
@@ -236,7 +238,6 @@ class TrainGroupDataset(Dataset):
         }
         if not group.labelled:  # only then: labelled items keep their exact old keys
             if not self.allow_label_free:
-                raise ValueError(f"group {idx} (query {group.qid!r}) has no positive (label-free groups need "
-                                 "allow_label_free and a loss that reads no labels)")
+                raise ValueError(f"group {idx} (query {group.qid!r}) has no positive ({LABEL_FREE_REFUSED})")
             item["labelled"] = False
         return item
