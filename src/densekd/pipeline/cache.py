@@ -12,15 +12,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from densekd.data import hashing
 from densekd.data.io import write_json
+from densekd.data.types import Corpus
 
 MARKER = "DONE.json"
+
+log = logging.getLogger("densekd.pipeline")
 
 
 def _canonical(obj: Any) -> Any:
@@ -93,3 +98,38 @@ def cached_step(folder: Path, compute: Callable[[Path], dict[str, Any] | None],
     summary = compute(folder) or {}
     write_json(folder / MARKER, {"summary": summary, "meta": meta or {}, "key": key})
     return summary, False
+
+
+class StepLog:
+    """What every pipeline context shares: its cache and output roots, and the timing log of its steps.
+
+    A mixin for the contexts' dataclasses (``densekd run``'s :class:`~densekd.pipeline.steps.Context`, the
+    reader -> retriever ``QAContext``), which give it these fields; a step written against it (BM25
+    search, corpus encoding) serves both pipelines.
+    """
+
+    cfg: Any                                # cache_dir, output_dir, encode_batch_size
+    corpus: Corpus
+    corpus_key: str                         # digest of the corpus file alone: what corpus encodings depend on
+    timings: dict[str, dict[str, Any]]
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cfg.cache_dir).expanduser()
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    def record(self, step: str, start: float, reused: bool) -> None:
+        """Note a step's wall time since ``start`` (``time.perf_counter()``) and whether its output was reused."""
+        self.timings[step] = {"seconds": round(time.perf_counter() - start, 1), "cached": reused}
+        log.info("step %-18s %s in %.1fs", step, "reused" if reused else "done", self.timings[step]["seconds"])
+
+    def step(self, name: str, folder: Path, compute: Callable[[Path], dict[str, Any] | None], key: str | None = None,
+             meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """:func:`cached_step` (same ``folder``, ``compute``, ``meta``, ``key``) timed under ``name``; its summary."""
+        start = time.perf_counter()
+        summary, reused = cached_step(folder, compute, meta, key=key)
+        self.record(name, start, reused)
+        return summary

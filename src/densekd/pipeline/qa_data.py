@@ -1,5 +1,6 @@
 """The data of a reader -> retriever run (:mod:`densekd.pipeline.fidkd`): corpus, questions, and a
-label-free split into training and evaluation questions, plus the timing log of the steps.
+label-free split into training and evaluation questions (cache roots and timing log: the shared
+:class:`~densekd.pipeline.cache.StepLog`).
 
 * Evaluation questions: the question ids of ``qrels/<eval_split>.tsv`` (its passage column is unused;
   every one needs ``answers``).
@@ -10,9 +11,6 @@ label-free split into training and evaluation questions, plus the timing log of 
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,15 +20,13 @@ import numpy as np
 from densekd.data.beir import load_corpus, load_qrels, load_queries
 from densekd.data.io import DataFormatError
 from densekd.data.types import Corpus, Passage, Queries, Run, top_k
-from densekd.pipeline.cache import cached_step, file_digest
+from densekd.pipeline.cache import StepLog, file_digest
 from densekd.pipeline.fidkd_config import FidKDConfig
-
-log = logging.getLogger("densekd.pipeline.fidkd")
 
 
 @dataclass
-class QAContext:
-    """Config, data and the timing log shared by the steps."""
+class QAContext(StepLog):
+    """Config, data and (:class:`StepLog`) the cache roots and timing log shared by the steps."""
 
     cfg: FidKDConfig
     corpus: Corpus
@@ -41,30 +37,9 @@ class QAContext:
     corpus_key: str = ""  # the corpus file alone: what corpus encodings depend on (shared with densekd run)
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    @property
-    def out(self) -> Path:
-        return Path(self.cfg.output_dir)
-
-    @property
-    def cache(self) -> Path:
-        return Path(self.cfg.cache_dir).expanduser()
-
-    def record(self, step: str, start: float, reused: bool) -> None:
-        """Note a shared step's wall time and whether its cached output was reused (as ``Context.record``)."""
-        self.timings[step] = {"seconds": round(time.perf_counter() - start, 1), "cached": reused}
-        log.info("step %-18s %s in %.1fs", step, "reused" if reused else "done", self.timings[step]["seconds"])
-
     def passages(self, run: Run, qid: str) -> list[Passage]:
         """The top ``k`` passages of ``qid`` in ``run`` (fewer when the retriever found fewer)."""
         return [self.corpus[pid] for pid, _ in top_k(run.get(qid) or {}, self.cfg.retrieval.k)]
-
-    def step(self, name: str, folder: Path, compute: Callable[[Path], dict[str, Any] | None], key: str,
-             meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """:func:`cached_step` keyed by ``key``, timed under ``name``; returns the step's summary."""
-        start = time.perf_counter()
-        summary, reused = cached_step(folder, compute, meta, key=key)
-        self.record(name, start, reused)
-        return summary
 
 
 def sample_ids(ids: list[str], n: int | None, seed: int) -> list[str]:

@@ -35,7 +35,7 @@ from densekd.data.beir import load_corpus, load_qrels, load_queries
 from densekd.data.io import DataFormatError, write_json, write_jsonl
 from densekd.data.trec import load_run, write_run
 from densekd.data.types import Corpus, Qrels, Queries, Run, TrainGroup
-from densekd.pipeline.cache import cache_key, cached_step, file_digest
+from densekd.pipeline.cache import StepLog, cache_key, file_digest
 from densekd.pipeline.checkpoints import (  # noqa: F401 (re-exported: steps.train_resumable etc.)
     checkpoint_folder,
     drop_checkpoints,
@@ -54,8 +54,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Context:
-    """Everything the steps share: config, loaded data, cache roots and a timing log."""
+class Context(StepLog):
+    """Everything the steps share: config, loaded data, and (:class:`StepLog`) cache roots and a timing log."""
 
     cfg: PipelineConfig
     corpus: Corpus
@@ -65,19 +65,6 @@ class Context:
     data_key: str
     corpus_key: str = ""  # the corpus file alone: what corpus encodings depend on
     timings: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    @property
-    def cache(self) -> Path:
-        return Path(self.cfg.cache_dir).expanduser()
-
-    @property
-    def out(self) -> Path:
-        return Path(self.cfg.output_dir)
-
-    def record(self, step: str, start: float, reused: bool) -> None:
-        """Note a step's wall time and whether its cached output was reused."""
-        self.timings[step] = {"seconds": round(time.perf_counter() - start, 1), "cached": reused}
-        log.info("step %-10s %s in %.1fs", step, "reused" if reused else "done", self.timings[step]["seconds"])
 
 
 def load_context(cfg: PipelineConfig) -> Context:
@@ -117,12 +104,12 @@ def bm25_runs(ctx: Context) -> tuple[Run, Run, str]:
     return load_run(folder / "train.trec"), load_run(folder / "eval.trec"), key
 
 
-def bm25_search(ctx: Any, name: str, folder: Path, searches: dict[str, tuple[dict[str, str], int]],
+def bm25_search(ctx: StepLog, name: str, folder: Path, searches: dict[str, tuple[dict[str, str], int]],
                 key: str | None = None, meta: dict[str, Any] | None = None, summary: dict[str, Any] | None = None,
                 show_progress: bool = True) -> dict[str, Any]:
     """The BM25 step of every method: index ``ctx.corpus`` once, write one TREC run per query set (cached).
 
-    ``ctx``: a :class:`Context` or a reader -> retriever ``QAContext`` (``corpus``, ``record``); ``name``:
+    ``ctx``: either pipeline's context (:class:`Context`, the reader -> retriever ``QAContext``); ``name``:
     the step in the timing log; ``folder``, ``key``: as :func:`~densekd.pipeline.cache.cached_step`;
     ``searches``: ``file name -> ({qid: query text}, depth)``; ``meta``, ``summary``: recorded in the
     marker (the summary is returned).
@@ -135,10 +122,7 @@ def bm25_search(ctx: Any, name: str, folder: Path, searches: dict[str, tuple[dic
             write_run(out / file, index.search(texts, k=depth, show_progress=show_progress))
         return dict(summary or {})
 
-    start = time.perf_counter()
-    result, reused = cached_step(folder, compute, meta, key=key)
-    ctx.record(name, start, reused)
-    return result
+    return ctx.step(name, folder, compute, key, meta)
 
 
 def mine(ctx: Context, train_run: Run, bm25_key: str) -> tuple[list[TrainGroup], str]:
@@ -159,9 +143,7 @@ def mine(ctx: Context, train_run: Run, bm25_key: str) -> tuple[list[TrainGroup],
         write_jsonl(out / "groups.jsonl", (g.to_json() for g in groups))
         return stats.as_dict()
 
-    start = time.perf_counter()
-    _, reused = cached_step(folder, compute, {"mining": m.__dict__})
-    ctx.record("mine", start, reused)
+    ctx.step("mine", folder, compute, meta={"mining": m.__dict__})
     with open(folder / "groups.jsonl", encoding="utf-8") as f:
         return [TrainGroup.from_json(json.loads(line)) for line in f], key
 
@@ -192,10 +174,8 @@ def teacher(ctx: Context, groups: list[TrainGroup], mined_key: str) -> Any:
         summary = {"train_seconds": round(time.perf_counter() - start, 1), "groups": len(groups)}
         return {**summary, "resumed_from": Path(resume).name} if resume else summary
 
-    start = time.perf_counter()
-    _, reused = cached_step(folder, compute, {"teacher": settings})
+    ctx.step("teacher", folder, compute, meta={"teacher": settings})
     drop_checkpoints(checkpoints)  # the marker is written: they are no longer needed
-    ctx.record("teacher", start, reused)
     return CrossEncoderTeacher.from_pretrained(folder, max_length=t.max_length)
 
 
@@ -212,9 +192,7 @@ def teacher_dev_run(ctx: Context, scorer: Any, eval_run: Run, bm25_key: str) -> 
         write_run(out / "rerank.trec", run)
         return {}
 
-    start = time.perf_counter()
-    _, reused = cached_step(folder, compute, {"depth": depth})
-    ctx.record("teacher-dev", start, reused)
+    ctx.step("teacher-dev", folder, compute, meta={"depth": depth})
     return load_run(folder / "rerank.trec")
 
 
@@ -284,12 +262,11 @@ def dark_examples(ctx: Context, groups: list[TrainGroup], scored: list[TrainGrou
     return out
 
 
-def corpus_embeddings(ctx: Any, model_path: str | Path | None, max_length: int, tag: str) -> Any:
+def corpus_embeddings(ctx: StepLog, model_path: str | Path | None, max_length: int, tag: str) -> Any:
     """Corpus vectors of a dense model (cached, chunked, resumable); returns an EmbeddingStore.
 
-    ``ctx``: a :class:`Context` or any context with ``cache``, ``corpus``, ``corpus_key``,
-    ``cfg.encode_batch_size`` and ``record`` (the reader -> retriever pipeline's
-    :class:`~densekd.pipeline.qa_data.QAContext` shares this step and its cache).
+    ``ctx``: either pipeline's context (the reader -> retriever pipeline's
+    :class:`~densekd.pipeline.qa_data.QAContext` shares this step and its cache with :class:`Context`).
     The key is the loaded encoder's own fingerprint (its class, settings and a digest of every weight,
     projection and untied passage tower included), the length and the corpus file: never a path, so a
     model folder retrained in place is re-encoded, and other queries or splits reuse the vectors.
@@ -338,9 +315,7 @@ def query_only_table(ctx: Context, groups: list[TrainGroup], store: Any, model_p
         write_json(out / "ids.json", ids)
         return {"n": len(ids)}
 
-    start = time.perf_counter()
-    _, reused = cached_step(folder, compute, {"model": str(model_path), "max_length": max_length})
-    ctx.record("encode:extra", start, reused)
+    ctx.step("encode:extra", folder, compute, meta={"model": str(model_path), "max_length": max_length})
     vectors = np.load(folder / "vectors.npy")  # plain float array: allow_pickle stays off
     if vectors.shape != (len(ids), store.dim):
         raise DataFormatError(folder / "vectors.npy", f"shape {vectors.shape}, expected ({len(ids)}, {store.dim})")

@@ -10,7 +10,6 @@ is reused when its ``DONE.json`` records the same key; checkpoints every ``stude
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 
 from densekd.data.types import Run, TrainGroup
 from densekd.pipeline import steps
-from densekd.pipeline.cache import cache_key, cached_step
+from densekd.pipeline.cache import cache_key
 
 
 #: losses that read only the labels (each group's positives and negatives), never ``teacher_scores``
@@ -72,10 +71,8 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
         n = summary.pop("steps_this_run") * s.batch_size  # this process's steps only
         return {**summary, "queries_per_s": round(n / summary["train_seconds"], 2)}
 
-    start = time.perf_counter()
-    summary, reused = cached_step(folder, compute, {"student": settings}, key=key)
+    summary = ctx.step("student", folder, compute, key, meta={"student": settings})
     steps.drop_checkpoints(checkpoints)  # the marker is written: they are no longer needed
-    ctx.record("student", start, reused)
     return folder / "model", summary
 
 
