@@ -128,6 +128,9 @@ def test_teacher_scores_a_passage_the_same_alone_in_any_batch_and_as_the_reader_
     np.testing.assert_allclose(np.concatenate([r.mass for r in readings]), alone, atol=1e-4)
     assert [len(r.mass) for r in readings] == [2, 1]
     assert predict_answers(reader, QUESTIONS, PASSAGES) == [r.answer for r in readings]
+    # one span matrix serves the readings' span scores and their answers: the scores are the "span" teacher's
+    span_scores = SpanReaderTeacher(reader, "span").score_candidates(lists)
+    np.testing.assert_allclose(np.concatenate([r.span for r in readings]), np.concatenate(span_scores), atol=1e-4)
 
 
 def test_training_moves_the_pointer_onto_the_answer_and_collates_ragged_questions(reader, tmp_path):

@@ -227,10 +227,14 @@ def passage_scores(start: Tensor, end: Tensor, token_mask: Tensor, how: str = "m
     raise ValueError(f"passage scoring must be one of {SCORINGS}, got {how!r}")
 
 
-def best_spans(inputs: SpanInputs, start: Tensor, end: Tensor, max_tokens: int) -> list[tuple[str, int, float]]:
-    """Per question the best span over all its passages: ``(answer text, passage index, start+end logit)``."""
-    scores = span_matrix(start.float(), end.float(), inputs.token_mask & inputs.passage_mask[..., None],
-                         max_tokens)                                                    # [B, k, L, L]
+def best_spans(inputs: SpanInputs, start: Tensor, end: Tensor, max_tokens: int,
+               spans: Tensor | None = None) -> list[tuple[str, int, float]]:
+    """Per question the best span over all its passages: ``(answer text, passage index, start+end logit)``.
+
+    ``spans``: ``span_matrix(start, end, inputs.token_mask, max_tokens)`` (``float[B, k, L, L]``) when the
+    caller has it already (padded passages have no text tokens, so they hold no span either way).
+    """
+    scores = spans if spans is not None else span_matrix(start.float(), end.float(), inputs.token_mask, max_tokens)
     L = scores.shape[-1]
     out = []
     for b in range(scores.shape[0]):

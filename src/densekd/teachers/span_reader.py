@@ -28,6 +28,7 @@ from densekd.encoders.span_reader import (
     SpanReader,
     best_spans,
     passage_scores,
+    span_matrix,
 )
 from densekd.teachers.base import (
     CandidateList,
@@ -118,9 +119,10 @@ def read_questions(reader: SpanReader, questions: Sequence[str], passages: Seque
             logits = reader(**batch.model_inputs(targets=False))
             start, end = logits["start_logits"], logits["end_logits"]
             mass = passage_scores(start, end, batch.token_mask, "mass", max_tokens).numpy()
-            span = passage_scores(start, end, batch.token_mask, "span", max_tokens).numpy()
+            spans = span_matrix(start.float(), end.float(), batch.token_mask, max_tokens)  # [B, k, L, L], once
+            span = spans.flatten(-2).max(dim=-1).values.numpy()  # = passage_scores(..., "span")
             select = logits["select_logits"].numpy()
-            for b, (text, _, _) in enumerate(best_spans(batch, start, end, max_tokens)):
+            for b, (text, _, _) in enumerate(best_spans(batch, start, end, max_tokens, spans)):
                 n = int(batch.passage_mask[b].sum())
                 out.append(Reading(text, *(x[b, :n].astype(np.float32) for x in (mass, span, select))))
     finally:
