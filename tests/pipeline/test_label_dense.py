@@ -118,3 +118,24 @@ def test_a_labels_only_student_is_keyed_without_teacher_scores(tmp_path, toy_bei
     assert cached_after(5.0, {"contrastive": {}})  # other teacher scores, same labels: reused
     assert not cached_after(1.0, {"kl": {}})
     assert not cached_after(5.0, {"kl": {}})  # a distilled student depends on them
+
+
+@pytest.mark.parametrize("fusion", [{"cross_encoder": 1.0}, {"cross_encoder": 2.0}])
+def test_positive_margin_lifts_positives_whatever_the_fusion(fusion):
+    """teacher.positive_margin applies to the cross-encoder's own logits too (it once returned them unlifted)."""
+    from types import SimpleNamespace
+
+    from densekd.data.types import Query, TrainGroup
+    from densekd.pipeline.config import TeacherSection
+    from densekd.pipeline.teacher_signal import fuse_groups
+
+    def context(teacher: TeacherSection) -> SimpleNamespace:
+        return SimpleNamespace(cfg=SimpleNamespace(teacher=teacher), queries={"q": Query("q", "a question")})
+
+    group = TrainGroup("q", ["p"], ["n1", "n2"], {"p": 0.0, "n1": 5.0, "n2": 1.0})
+    (out,) = fuse_groups(context(TeacherSection(fusion=fusion, positive_margin=3.0)), [group], None, None)
+    negatives = max(out.teacher_scores["n1"], out.teacher_scores["n2"])
+    assert out.teacher_scores["p"] >= negatives + 3.0 - 1e-6
+    assert out.teacher_scores["n1"] > out.teacher_scores["n2"]  # the teacher's order of the negatives stays
+    (plain,) = fuse_groups(context(TeacherSection(fusion=fusion)), [group], None, None)
+    assert plain.teacher_scores["p"] < max(plain.teacher_scores["n1"], plain.teacher_scores["n2"])

@@ -105,15 +105,18 @@ def fuse_groups(ctx: Any, groups: list[TrainGroup], base_encoder: Any, store: An
     ``store`` must then hold their frozen vectors when a dense member is weighted.
     """
     weights = ctx.cfg.teacher.fusion
-    if ctx.cfg.teacher.uses == {"cross_encoder"} and weights["cross_encoder"] == 1.0:
-        return groups
-    cands = {g.qid: g.pos_ids + g.neg_ids for g in groups}
-    ce = {g.qid: g.teacher_scores for g in groups if g.teacher_scores is not None}
-    extra = {pid: text for g in groups for pid, text in (g.extra_passages or {}).items()}
-    signals = member_scores(ctx, cands, ce or None, base_encoder, store, label_dense, extra=extra)
-    fused = fuse_run(cands, signals, weights)
     margin = ctx.cfg.teacher.positive_margin
-    if margin is not None:
+    if ctx.cfg.teacher.uses == {"cross_encoder"} and weights["cross_encoder"] == 1.0:
+        if margin is None:
+            return groups
+        fused = {g.qid: dict(g.teacher_scores or {}) for g in groups}  # the cross-encoder's own logits, unfused
+    else:
+        cands = {g.qid: g.pos_ids + g.neg_ids for g in groups}
+        ce = {g.qid: g.teacher_scores for g in groups if g.teacher_scores is not None}
+        extra = {pid: text for g in groups for pid, text in (g.extra_passages or {}).items()}
+        signals = member_scores(ctx, cands, ce or None, base_encoder, store, label_dense, extra=extra)
+        fused = fuse_run(cands, signals, weights)
+    if margin is not None:  # the labels win over every teacher, the cross-encoder alone included
         fused = {g.qid: lift_positives(fused[g.qid], g.pos_ids, margin, synthetic=g.extra_passages or ())
                  for g in groups}
     return [TrainGroup(g.qid, g.pos_ids, g.neg_ids, fused[g.qid], g.extra_passages) for g in groups]
