@@ -108,9 +108,10 @@ def test_a_labels_only_student_is_keyed_without_teacher_scores(tmp_path, toy_bei
         return [TrainGroup("q1", ["d1"], ["d2"], {"d1": score, "d2": 0.0}),
                 TrainGroup("q2", ["d2"], ["d1"], {"d2": score, "d1": 0.0})]
 
-    def cached_after(score: float, loss: dict) -> bool:
-        c = dataclasses.replace(ctx, cfg=dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, loss=loss)),
-                                timings={})
+    def cached_after(score: float, loss: dict, self_paced: bool = False) -> bool:
+        student = dataclasses.replace(cfg.student, loss=loss,
+                                      self_paced=dataclasses.replace(cfg.student.self_paced, enabled=self_paced))
+        c = dataclasses.replace(ctx, cfg=dataclasses.replace(cfg, student=student), timings={})
         train_student(c, groups(score), None)
         return c.timings["student"]["cached"]
 
@@ -118,6 +119,10 @@ def test_a_labels_only_student_is_keyed_without_teacher_scores(tmp_path, toy_bei
     assert cached_after(5.0, {"contrastive": {}})  # other teacher scores, same labels: reused
     assert not cached_after(1.0, {"kl": {}})
     assert not cached_after(5.0, {"kl": {}})  # a distilled student depends on them
+    assert not cached_after(1.0, {"contrastive": {"type": "kl"}})
+    assert not cached_after(5.0, {"contrastive": {"type": "kl"}})  # the entry's type, not its name, says KL
+    assert not cached_after(1.0, {"contrastive": {}}, self_paced=True)
+    assert not cached_after(5.0, {"contrastive": {}}, self_paced=True)  # the selector ranks by the teacher
 
 
 @pytest.mark.parametrize("fusion", [{"cross_encoder": 1.0}, {"cross_encoder": 2.0}])

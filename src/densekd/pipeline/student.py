@@ -40,7 +40,9 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
     s = ctx.cfg.student
     settings = _student_settings(s)
     rows = [g.to_json() for g in groups]
-    if set(s.loss) <= LABELS_ONLY_LOSSES:  # no term reads teacher scores: they are not an input
+    kinds = {(options or {}).get("type", name) for name, options in s.loss.items()}  # an entry's type wins
+    # no term reads teacher scores and no self-paced selector ranks by them: they are not an input
+    if kinds <= LABELS_ONLY_LOSSES and not s.self_paced.enabled:
         rows = [{k: v for k, v in row.items() if k != "teacher_scores"} for row in rows]
     key = cache_key("student-v1", settings, rows)
     folder = ctx.out / "student"
