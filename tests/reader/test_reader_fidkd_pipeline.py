@@ -172,6 +172,8 @@ def test_fidkd_config_errors_name_the_file(tmp_path, tiny_reader_dir, tiny_bert_
     assert "densekd run" in capsys.readouterr().err
     assert main(["run", str(cfg), "--set", "retrieval.eval_depth=5"]) == 2
     assert "eval_depth" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--set", "retrieval.k=1"]) == 2  # one passage: nothing to distil
+    assert "retrieval.k must be >= 2" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -56,7 +56,7 @@ class RetrievalSection:
     Attributes
     ----------
     k
-        Passages per question: the reader reads the top ``k``, the teacher scores those ``k`` and the
+        Passages per question (>= 2): the reader reads the top ``k``, the teacher scores those ``k`` and the
         retriever's loss is over the same ``k`` (group size).
     eval_depth
         Ranking depth on the evaluation questions (at least 20 for ``answer_recall@20``).
@@ -307,8 +307,10 @@ class FidKDConfig:
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
         r = self.retrieval
-        if r.k < 1 or r.eval_depth < max(20, r.k):
-            raise ValueError(f"retrieval.k must be >= 1 and retrieval.eval_depth >= max(20, k) "
+        # k = 1 would leave the reader nothing to choose between: its scores over one passage are a
+        # distribution of one, and the retriever's KL over it is 0 (a "distilled" start model)
+        if r.k < 2 or r.eval_depth < max(20, r.k):
+            raise ValueError(f"retrieval.k must be >= 2 and retrieval.eval_depth >= max(20, k) "
                              f"(answer_recall@20), got k={r.k}, eval_depth={r.eval_depth}")
         if r.candidates not in CANDIDATES:
             raise ValueError(f"retrieval.candidates must be one of {CANDIDATES}, got {r.candidates!r}")
