@@ -53,7 +53,7 @@ def test_every_number_of_the_pipeline_configs_has_a_range_rule(schema):
 def test_range_errors_name_the_key_and_the_file(tmp_path):
     cfg = tmp_path / "p.yaml"
     cfg.write_text("student:\n  warmup_ratio: 2.0\n")
-    with pytest.raises(DataFormatError, match=r"p.yaml: key 'student.warmup_ratio' must be in \[0, 1\], got 2.0"):
+    with pytest.raises(DataFormatError, match=r"p.yaml: key 'student.warmup_ratio' must be in \[0, 1\), got 2.0"):
         load_config(cfg, [], PipelineConfig)
 
 

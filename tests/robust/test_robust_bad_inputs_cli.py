@@ -240,6 +240,8 @@ NUMBERS = {
     "mining-rank-range-reversed": pipeline_with(("mining.rank_range=[30, 10]",), needle="mining.rank_range"),
     "mining-depth-zero": pipeline_with(("mining.depth=0",), needle="mining.depth"),
     "teacher-warmup-ratio-above-one": pipeline_with(("teacher.warmup_ratio=1.5",), needle="teacher.warmup_ratio"),
+    # 1.0 reaches transformers as warmup_steps=1.0, a count of one step, not "warm up throughout"
+    "student-warmup-ratio-one": pipeline_with(("student.warmup_ratio=1.0",), needle="student.warmup_ratio"),
     "teacher-fusion-negative-weight": pipeline_with(("teacher.fusion={cross_encoder: -1.0}",),
                                                     needle="teacher.fusion"),
     "teacher-epochs-inf-in-file": pipeline_with(cfg_update={"teacher": {"epochs": float("inf")}},

@@ -32,13 +32,16 @@ NON_NEGATIVE: Rule = (lambda x: x >= 0, ">= 0")
 FRACTION: Rule = (lambda x: 0 <= x <= 1, "in [0, 1]")
 STEPS_OR_ALL: Rule = (lambda x: x == -1 or x >= 1, "-1 (no limit) or >= 1")
 AT_LEAST_2: Rule = (lambda x: x >= 2, ">= 2 (one positive and at least one negative)")
+# below 1: it becomes TrainingArguments.warmup_steps, which transformers reads as a step count from 1 up
+# (warmup_ratio 1.0 would silently warm up for a single step)
+RATIO_BELOW_1: Rule = (lambda x: 0 <= x < 1, "in [0, 1)")
 
 #: field name (or ``"*suffix"``) -> rule; exact names win over suffixes
 RULES: dict[str, Rule] = {
     "epochs": POSITIVE,
     "learning_rate": POSITIVE,
     "temperature": POSITIVE,
-    "warmup_ratio": FRACTION,
+    "warmup_ratio": RATIO_BELOW_1,
     "max_steps": STEPS_OR_ALL,
     "seed": NON_NEGATIVE,
     "group_size": AT_LEAST_2,
