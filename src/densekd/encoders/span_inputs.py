@@ -46,16 +46,19 @@ def answer_char_spans(text: str, answers: Sequence[str]) -> list[tuple[int, int]
     --------
     >>> answer_char_spans("In 1972 and 19723, 1972.", ["1972"])
     [(3, 7), (19, 23)]
+    >>> answer_char_spans("İzmir and Paris", ["paris"])  # "İ".lower() is 2 characters: offsets stay the text's
+    [(10, 15)]
     """
     spans: set[tuple[int, int]] = set()
-    low = text.lower()
     for answer in answers:
-        a = answer.strip().lower()
+        a = answer.strip()
         if not a:
             continue
-        for m in re.finditer(re.escape(a), low):
+        # matched in the text itself, case-insensitively: searching text.lower() would shift every offset
+        # after a character whose lower case is longer
+        for m in re.finditer(re.escape(a), text, flags=re.IGNORECASE):
             s, e = m.start(), m.end()
-            if (s == 0 or not low[s - 1].isalnum()) and (e == len(low) or not low[e].isalnum()):
+            if (s == 0 or not text[s - 1].isalnum()) and (e == len(text) or not text[e].isalnum()):
                 spans.add((s, e))
     return sorted(spans)
 
