@@ -35,6 +35,22 @@ def test_weighted_sum_components_and_total():
     assert batch.student.grad is not None
 
 
+def test_a_weight_0_term_is_off_even_on_label_free_groups():
+    """{kl: 1, contrastive: 0} accepts label-free groups (needs_labels is False) and trains them as KL alone."""
+    batch = _batch()
+    free = ScoreBatch(student=batch.student, in_batch=batch.in_batch, teacher=batch.teacher,
+                      label_mask=torch.zeros(2, 3, dtype=torch.bool))
+    loss = build_loss({"kl": {}, "contrastive": {"weight": 0.0}})
+    assert not loss.needs_labels
+    with pytest.raises(ValueError):
+        InfoNCE()(free)  # the term it switches off would refuse this batch
+    out = loss(free)
+    assert list(out) == ["kl", "loss"]
+    torch.testing.assert_close(out["loss"], KLDistillation()(free)["kl"])
+    with pytest.raises(ValueError, match="weight 0"):
+        build_loss({"kl": {"weight": 0.0}})(free)
+
+
 def test_weighted_sum_names_components_by_its_own_keys():
     class TwoParts(nn.Module):
         def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:

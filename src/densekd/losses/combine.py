@@ -102,9 +102,16 @@ class WeightedSum(nn.Module):
                    for name, loss in self.losses.items())
 
     def forward(self, scores: ScoreBatch) -> dict[str, Tensor]:
-        """Weighted components (scalars) and their total under ``"loss"``."""
+        """Weighted components (scalars) and their total under ``"loss"``.
+
+        A term of weight 0 is off: it is not computed (nor logged), so a label-needing term switched off
+        by its weight cannot refuse the label-free groups that :attr:`needs_labels` lets through.
+        """
         out: dict[str, Tensor] = {}
-        for name, loss in self.losses.items():
+        live = {name: loss for name, loss in self.losses.items() if self.weights[name] > 0}
+        if not live:
+            raise ValueError(f"every loss term has weight 0: nothing to train ({sorted(self.weights)})")
+        for name, loss in live.items():
             components = loss(scores)
             for component, value in components.items():
                 key = name if len(components) == 1 else f"{name}/{component}"
