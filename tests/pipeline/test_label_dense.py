@@ -144,3 +144,22 @@ def test_positive_margin_lifts_positives_whatever_the_fusion(fusion):
     assert out.teacher_scores["n1"] > out.teacher_scores["n2"]  # the teacher's order of the negatives stays
     (plain,) = fuse_groups(context(TeacherSection(fusion=fusion)), [group], None, None)
     assert plain.teacher_scores["p"] < max(plain.teacher_scores["n1"], plain.teacher_scores["n2"])
+
+
+def test_a_local_start_model_is_keyed_by_its_content(tmp_path, tiny_bert_path):
+    """A start model folder retrained in place must not reuse what was trained from its old weights."""
+    import shutil
+
+    from densekd.pipeline.cache import model_ref
+    from densekd.pipeline.config import StudentSection
+    from densekd.pipeline.student import _student_settings
+
+    folder = tmp_path / "start"
+    shutil.copytree(tiny_bert_path, folder)
+    before = _student_settings(StudentSection(model=str(folder)))
+    assert model_ref(folder) == model_ref(folder)  # stable
+    weights = next(f for f in folder.iterdir() if f.suffix == ".safetensors")
+    blob = weights.read_bytes()
+    weights.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))  # one bit of the weights changes
+    assert _student_settings(StudentSection(model=str(folder))) != before
+    assert _student_settings(StudentSection())["model"] is None  # the bundled model keeps old keys

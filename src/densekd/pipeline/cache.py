@@ -57,6 +57,27 @@ def file_digest(*paths: str | Path, length: int = 16) -> str:
     return hashing.file_digest(*paths, length=length)
 
 
+def model_ref(model: str | Path | None) -> Any:
+    """What a start model contributes to a cache key.
+
+    ``None`` (the bundled all-MiniLM-L6-v2, pinned by its package) stays ``None``, so default configs keep
+    their keys; a local folder is its path *and* a digest of its top-level files (weights, config,
+    tokenizer), so a folder retrained in place invalidates everything trained from it; any other string
+    (a hub id, resolved offline) stays as given.
+
+    Examples
+    --------
+    >>> model_ref(None) is None, model_ref("sentence-transformers/all-MiniLM-L6-v2")
+    (True, 'sentence-transformers/all-MiniLM-L6-v2')
+    """
+    if model is None:
+        return None
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return str(model)
+    return {"path": str(model), "digest": file_digest(*sorted(f for f in folder.iterdir() if f.is_file()))}
+
+
 def is_done(folder: Path) -> bool:
     """Whether ``folder`` holds a completed step output."""
     return (folder / MARKER).is_file()

@@ -57,7 +57,7 @@ from densekd.data.trec import load_run, write_run
 from densekd.data.types import TrainGroup
 from densekd.eval.qa import answer_recall, has_answer, reader_metrics
 from densekd.pipeline import steps
-from densekd.pipeline.cache import cache_key
+from densekd.pipeline.cache import cache_key, model_ref
 from densekd.pipeline.fidkd_config import FidKDConfig
 from densekd.pipeline.qa_data import QAContext, load_qa_context, sample_ids
 
@@ -97,6 +97,7 @@ def train_reader(ctx: QAContext, n: int, runs: tuple[Path, str], previous: tuple
     rc, k = ctx.cfg.reader, ctx.cfg.retrieval.k
     start_from = previous if rc.continue_training and previous is not None else None
     settings = {name: getattr(rc, name) for name in READER_FIELDS + (SPAN_FIELDS if rc.kind == "span" else ())}
+    settings["model"] = model_ref(rc.model)  # a local start model by its content, not its path alone
     key = cache_key("fidkd-reader-v1", runs[1], settings, k, start_from and start_from[1],
                     *((qids,) if tag else ()))
     checkpoints = steps.checkpoint_folder(ctx.out, f"reader{tag}-iter_{n}", key)
@@ -206,6 +207,7 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
     k = s.group_size or ctx.cfg.retrieval.k  # the first k of each group: the reader's favourite, then retrieval order
     start_from = previous if s.continue_training and previous is not None else None
     settings = {name: v for name, v in asdict(s).items() if name != "save_steps" and (name != "group_size" or v)}
+    settings["model"] = model_ref(s.model)
     # iteration 1 has no retriever to continue, so there the key holds continue_training at its default:
     # switching it reuses iteration 1 (and every step after it up to retriever 2) instead of retraining
     keyed = {**settings, "continue_training": True} if n == 1 else settings

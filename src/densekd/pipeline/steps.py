@@ -35,7 +35,7 @@ from densekd.data.beir import load_corpus, load_qrels, load_queries
 from densekd.data.io import DataFormatError, write_json, write_jsonl
 from densekd.data.trec import load_run, write_run
 from densekd.data.types import Corpus, Qrels, Queries, Run, TrainGroup
-from densekd.pipeline.cache import StepLog, cache_key, file_digest
+from densekd.pipeline.cache import StepLog, cache_key, file_digest, model_ref
 from densekd.pipeline.checkpoints import (  # noqa: F401 (re-exported: steps.train_resumable etc.)
     checkpoint_folder,
     drop_checkpoints,
@@ -161,6 +161,7 @@ def teacher(ctx: Context, groups: list[TrainGroup], mined_key: str) -> Any:
     if t.path:
         return CrossEncoderTeacher.from_pretrained(t.path, max_length=t.max_length)
     settings = {name: getattr(t, name) for name in TEACHER_TRAINING_FIELDS}  # save_steps: not in the key
+    settings["model"] = model_ref(t.model)  # a local start model by its content, not its path alone
     key = cache_key("teacher-v1", mined_key, settings)
     folder = ctx.cache / "teacher" / key
     checkpoints = checkpoint_folder(ctx.cache, "teacher", key)

@@ -18,7 +18,7 @@ import torch
 
 from densekd.data.types import Run, TrainGroup
 from densekd.pipeline import steps
-from densekd.pipeline.cache import cache_key
+from densekd.pipeline.cache import cache_key, model_ref
 
 
 #: losses that read only the labels (each group's positives and negatives), never ``teacher_scores``
@@ -107,6 +107,7 @@ def _student_settings(s: Any) -> dict[str, Any]:
     that does not use them keeps the cache key it had before they existed."""
     settings = asdict(s)
     del settings["save_steps"]  # where training may resume from does not change the model
+    settings["model"] = model_ref(settings["model"])  # a local start model by its content, not its path alone
     for name in ("dark_examples", "self_paced"):
         if not settings[name]["enabled"]:
             del settings[name]
