@@ -108,11 +108,15 @@ def dpr_tokens(text: str) -> list[str]:
     --------
     >>> dpr_tokens("U.S. 1972-73, Beyoncé")
     ['u', '.', 's', '.', '1972', '-', '73', ',', 'beyonce']
+    >>> dpr_tokens("won in\\n1972\\tby x\\u200by")  # control and format characters separate words
+    ['won', 'in', '1972', 'by', 'x', 'y']
     """
     text = unicodedata.normalize("NFD", text).lower()
     # Combining marks are only separable after NFD; dropping them makes accents irrelevant. Control
-    # and format characters (zero-width spaces, soft hyphens) are never tokens, as in DPR.
-    text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn" and unicodedata.category(ch)[0] != "C")
+    # and format characters (newlines, tabs, zero-width spaces, soft hyphens) are never tokens but, as
+    # in DPR's tokenizer, they end one: deleting them would glue "in\n1972" into one token "in1972"
+    text = "".join(" " if unicodedata.category(ch)[0] == "C" else ch
+                   for ch in text if unicodedata.category(ch) != "Mn")
     return _DPR_TOKEN.findall(text)
 
 
