@@ -167,10 +167,12 @@ def test_score_is_the_exact_bm25_score_of_any_candidate(toy, toy_index):
         toy_index.score(query, {"q": ["no-such-passage"]})
 
 
-def test_score_texts_of_a_corpus_passage_equals_its_indexed_score(toy, toy_index):
+@pytest.mark.parametrize("method", ["lucene", "robertson"])
+def test_score_texts_of_a_corpus_passage_equals_its_indexed_score(toy, method):
     """A text outside the index is scored as one more corpus document: a passage's own text (repeated query
-    terms included) gets exactly the score the index holds for it."""
+    terms included) gets exactly the score the index holds for it, under each variant's own idf."""
     corpus = toy[0]
+    toy_index = BM25Index(method=method).index(corpus, show_progress=False)
     queries = {"q1": "aspirin heart attack risk", "q2": "heart heart and aspirin"}
     ids = list(corpus)
     texts = {qid: {f"copy-{pid}": corpus[pid].full_text() for pid in ids} for qid in queries}

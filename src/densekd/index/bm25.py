@@ -198,8 +198,8 @@ class BM25Index:
         text's own term counts and length (tokenised as the corpus was). A corpus passage's own text
         gets the score :meth:`score` gives it (up to float32 rounding).
 
-        Only the ``"lucene"`` and ``"robertson"`` variants (the same term weighting in bm25s) are
-        supported; others raise ``ValueError``. ``RuntimeError`` for an index loaded from a folder
+        Only the ``"lucene"`` and ``"robertson"`` variants (the same term-frequency weighting in bm25s,
+        each with its own idf: :func:`_idf`) are supported; others raise ``ValueError``. ``RuntimeError`` for an index loaded from a folder
         written without the mean document length.
         """
         bm25 = self._require_index()
@@ -226,7 +226,7 @@ class BM25Index:
                     tf = tokens.count(t)
                     if tf:
                         df = int(indptr[bm25.vocab_dict[t] + 1] - indptr[bm25.vocab_dict[t]])
-                        score += math.log(1 + (n_docs - df + 0.5) / (df + 0.5)) * tf / (tf + norm)
+                        score += _idf(self.method, df, n_docs) * tf / (tf + norm)
                 out[qid][did] = float(score)
         return out
 
@@ -281,3 +281,19 @@ class BM25Index:
         index._bm25, index.ids = bm25, ids
         index.avg_doc_len = tok_cfg.get("avg_doc_len")
         return index
+
+
+def _idf(method: str, df: int, n_docs: int) -> float:
+    """The idf bm25s gives a term in ``df`` of ``n_docs`` documents under ``method``.
+
+    ``lucene``: ``log(1 + (N - df + .5) / (df + .5))``, never negative; ``robertson`` (the original):
+    ``log((N - df + .5) / (df + .5))`` floored at 0, so a term in more than half the documents adds nothing.
+
+    Examples
+    --------
+    >>> round(_idf("lucene", 3, 4), 3), _idf("robertson", 3, 4)
+    (0.357, 0.0)
+    """
+    inner = (n_docs - df + 0.5) / (df + 0.5)
+    return math.log(1 + inner) if method == "lucene" else math.log(max(inner, 1.0))
+
