@@ -320,3 +320,20 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, tmp_path, toy_be
     assert len(lines) == 1 and lines[0].startswith("densekd: error: "), err
     assert needle in lines[0], f"expected {needle!r} in {lines[0]!r}"
     assert _snapshot(tmp_path) == before, "a file was written, changed or deleted"
+
+
+def test_a_start_model_inside_output_dir_is_refused_before_anything_is_replaced(tmp_path, toy_beir_dir,
+                                                                                tiny_bert_path, capsys):
+    """Continuing from runs/a/student/model with output_dir runs/a would delete the start model when the
+    student step replaces its folder: refused up front, naming both keys, with nothing touched."""
+    model = tmp_path / "out" / "student" / "model"
+    shutil.copytree(tiny_bert_path, model)
+    cfg = _text(tmp_path / "pipe.yaml", yaml.safe_dump({
+        "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"), "data": {"root": str(toy_beir_dir)},
+        "teacher": {"model": tiny_bert_path}, "student": {"model": str(model)}}))
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("densekd: error: ") and "key 'output_dir' holds the input key 'student.model'" in err, err
+    assert _snapshot(tmp_path) == before

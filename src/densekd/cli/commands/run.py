@@ -70,17 +70,21 @@ def config_method(path: str, overrides: list[str]) -> str:
     return method
 
 
-def check_model_folders(cfg: object, prefix: str = "") -> None:
+def check_model_folders(cfg: object, prefix: str = "") -> dict[str, str]:
     """Check every ``model`` / ``path`` setting (``teacher.model``, ``student.model``, ...) names a folder,
-    before hours of earlier steps run (:func:`densekd.cli.outputs.check_model_folder`)."""
+    before hours of earlier steps run (:func:`densekd.cli.outputs.check_model_folder`); return them as
+    ``"key '<section>.<field>'" -> path``."""
     from densekd.cli.outputs import check_model_folder
 
+    found: dict[str, str] = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            check_model_folders(value, f"{prefix}{f.name}.")
+            found.update(check_model_folders(value, f"{prefix}{f.name}."))
         elif f.name in ("model", "path") and isinstance(value, str):
             check_model_folder(f"key '{prefix}{f.name}'", value)
+            found[f"key '{prefix}{f.name}'"] = value
+    return found
 
 
 def main(args: argparse.Namespace) -> int:
@@ -91,11 +95,13 @@ def main(args: argparse.Namespace) -> int:
     if args.stage is not None and not methods.has_stages(method):
         raise DataFormatError(args.config, f"method {method} has no stages: run it with `densekd run {args.config}`")
     cfg = load_config(args.config, args.overrides, methods.schema(method))
-    check_model_folders(cfg)
+    models = check_model_folders(cfg)
     from densekd.cli.outputs import check_output
 
-    for key in ("output_dir", "cache_dir"):
-        check_output(f"key '{key}'", getattr(cfg, key), {}, kind="dir")
+    # a start model inside output_dir would be deleted when its step's folder is replaced (e.g. continuing
+    # from runs/a/student/model with output_dir runs/a); the cache only ever replaces unfinished folders
+    check_output("key 'output_dir'", cfg.output_dir, models, kind="dir")
+    check_output("key 'cache_dir'", cfg.cache_dir, {}, kind="dir")
     result = methods.run(cfg, until=args.stage)
     table = methods.summary(cfg, result)
     if table:
