@@ -125,6 +125,34 @@ def test_sentence_transformers_export_tiny(tiny_bert_path, tmp_path, projection_
     np.testing.assert_allclose(st.encode(TEXTS), enc.encode_passages(TEXTS, show_progress=False), atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling,projection_dim,normalize", [("cls", 8, True), ("max", None, False)])
+def test_an_exported_sentence_transformers_folder_reads_back_as_the_same_encoder(tiny_bert_path, tmp_path, pooling,
+                                                                                projection_dim, normalize):
+    """sentence-transformers >= 6 writes pooling_mode: "cls" and the length in the tokenizer files; the
+    folder must come back with its pooling, projection, normalisation and length, not as a mean-pooled model."""
+    enc = DenseEncoder.from_pretrained(tiny_bert_path, pooling=pooling, projection_dim=projection_dim,
+                                       normalize=normalize, passage_max_length=24)
+    enc.export_sentence_transformers(tmp_path / "st")
+    back = DenseEncoder.from_pretrained(tmp_path / "st")
+    assert (back.config.pooling, back.config.projection_dim, back.config.normalize,
+            back.config.passage_max_length) == (pooling, projection_dim, normalize, 24)
+    np.testing.assert_allclose(back.encode_passages(TEXTS, show_progress=False),
+                               enc.encode_passages(TEXTS, show_progress=False), atol=1e-5)
+
+
+def test_a_sentence_transformers_folder_densekd_cannot_reproduce_is_refused(tiny_bert_path, tmp_path):
+    import json
+
+    from densekd.data.io import DataFormatError
+
+    DenseEncoder.from_pretrained(tiny_bert_path, pooling="cls").export_sentence_transformers(tmp_path / "st")
+    pooling = next((tmp_path / "st").glob("*_Pooling")) / "config.json"
+    cfg = json.loads(pooling.read_text())
+    pooling.write_text(json.dumps({**cfg, "pooling_mode": "lasttoken"}))
+    with pytest.raises(DataFormatError, match="lasttoken"):
+        DenseEncoder.from_pretrained(tmp_path / "st")
+
+
 def test_sentence_transformers_export_separate_towers_routes_query_and_document(tiny_bert_path, tmp_path):
     """A query-only student (untied towers, the query side changed) exports as a Router whose query and
     document routes reproduce the two towers: the towers differ, so a mix-up would be caught."""

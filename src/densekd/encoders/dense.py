@@ -39,6 +39,7 @@ from transformers import AutoModel, AutoTokenizer
 from densekd.data.io import DataFormatError, atomic_write
 from densekd.data.types import Passage
 from densekd.encoders.pooling import POOLING_MODES, pool
+from densekd.encoders.st_folder import read_st_folder
 from densekd.encoders.tokenize import length_sorted_batches, tokenize_texts
 
 CONFIG_NAME = "densekd_encoder.json"
@@ -108,26 +109,6 @@ class DenseEncoderConfig:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
 
 
-def _read_sentence_transformers_settings(path: Path) -> dict[str, Any]:
-    """Pooling mode, normalisation and max length of a sentence-transformers folder (or ``{}``)."""
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return {}
-    modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    out: dict[str, Any] = {"normalize": any(m["type"].endswith("Normalize") for m in modules)}
-    for m in modules:
-        if m["type"].endswith("Pooling"):
-            cfg = json.loads((path / m["path"] / "config.json").read_text(encoding="utf-8"))
-            out["pooling"] = "cls" if cfg.get("pooling_mode_cls_token") else (
-                "max" if cfg.get("pooling_mode_max_tokens") else "mean")
-    st_cfg = path / "sentence_bert_config.json"
-    if st_cfg.is_file():
-        max_len = json.loads(st_cfg.read_text(encoding="utf-8")).get("max_seq_length")
-        if max_len:
-            out["passage_max_length"] = int(max_len)
-    return out
-
-
 def _load_tower(path: str) -> nn.Module:
     p = Path(path)
     if p.is_dir() and not any((p / n).exists() for n in (
@@ -175,6 +156,7 @@ class DenseEncoder(nn.Module):
         unknown = set(overrides) - {f.name for f in dataclasses.fields(DenseEncoderConfig)}
         if unknown:
             raise ValueError(f"unknown DenseEncoderConfig fields: {sorted(unknown)}")
+        st_projection = None  # a sentence-transformers folder's Dense weights
         if (root / CONFIG_NAME).is_file():
             saved = json.loads((root / CONFIG_NAME).read_text(encoding="utf-8"))
             config = DenseEncoderConfig(**{**saved, **overrides})
@@ -184,7 +166,7 @@ class DenseEncoder(nn.Module):
                 query_model, passage_model = _load_tower(str(root / "query")), _load_tower(str(root / "passage"))
             tok_dir = root if config.shared else root / "query"
         else:
-            derived = _read_sentence_transformers_settings(root)
+            derived, st_projection = read_st_folder(root)
             config = DenseEncoderConfig(model_name_or_path=str(root), **{**derived, **overrides})
             query_model = _load_tower(str(root))
             passage_model = None if config.shared else copy.deepcopy(query_model)
@@ -195,6 +177,11 @@ class DenseEncoder(nn.Module):
             projection = nn.Linear(query_model.config.hidden_size, config.projection_dim)
             if (root / PROJECTION_NAME).is_file():
                 projection.load_state_dict(load_file(str(root / PROJECTION_NAME)))
+            elif st_projection is not None and config.projection_dim == derived.get("projection_dim"):
+                # a sentence-transformers Dense module: its nn.Linear is stored under "linear." (no bias: zeros)
+                state = {k.removeprefix("linear."): v for k, v in load_file(str(st_projection)).items()}
+                state.setdefault("bias", torch.zeros(config.projection_dim))
+                projection.load_state_dict(state)
         encoder = cls(config, query_model, passage_model, tokenizer, projection)
         # where exports of this checkpoint (ONNX backends) may be cached beside it
         encoder.source_path = str(root)
