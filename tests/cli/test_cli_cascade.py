@@ -85,6 +85,18 @@ def test_cascade_bad_settings_write_nothing(tmp_path, toy_beir_dir, models, caps
     assert cli("search", "--index", tmp_path / "idx", "--queries", toy_beir_dir / "queries.jsonl",
                "--colbert", models / "ernie", "--out", out) == 2
     assert "--token-store" in capsys.readouterr().err
+    # a missing re-ranker or a bad backend is refused before the corpus is encoded into the token store
+    assert _search(tmp_path, toy_beir_dir, models, "--cross-encoder", tmp_path / "typo", "--out", out) == 2
+    assert "--cross-encoder: folder not found" in capsys.readouterr().err
+    assert _search(tmp_path, toy_beir_dir, models, "--backend", "tpu", "--out", out) == 2
+    assert "backend must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "tokens").exists()
+    # --latency-out is an output like --out: it may not overwrite an input
+    queries = (toy_beir_dir / "queries.jsonl").read_bytes()
+    assert _search(tmp_path, toy_beir_dir, models, "--latency", "--latency-out", toy_beir_dir / "queries.jsonl",
+                   "--out", out) == 2
+    assert "--latency-out is the input --queries" in capsys.readouterr().err
+    assert (toy_beir_dir / "queries.jsonl").read_bytes() == queries
     # a token store of another model is refused and left untouched
     other = tmp_path / "tokens"
     other.mkdir()

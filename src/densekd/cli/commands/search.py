@@ -280,13 +280,19 @@ def main(args: argparse.Namespace) -> int:
     from densekd.data.trec import write_run
 
     info = read_index_info(Path(cfg.index))  # first: "not an index" says more than any --out problem
-    check_output("--out", cfg.out, {"--queries": cfg.queries, "--qrels": cfg.qrels, "--index": cfg.index,
-                                    "--model": cfg.model})
-    check_model_folder("--model", cfg.model)
+    inputs = {"--queries": cfg.queries, "--qrels": cfg.qrels, "--index": cfg.index, "--model": cfg.model,
+              "--colbert": cfg.colbert, "--cross-encoder": cfg.cross_encoder}
+    check_output("--out", cfg.out, inputs)
+    if cfg.latency_out:
+        check_output("--latency-out", cfg.latency_out, {**inputs, "--out": cfg.out})
+    for flag, model in (("--model", cfg.model), ("--colbert", cfg.colbert), ("--cross-encoder", cfg.cross_encoder)):
+        check_model_folder(flag, model)
     queries = _select_queries(cfg)
     backend = cfg.backend or info.get("backend", "torch")
-    stages = _cascade_stages(cfg, info)
+    # the searcher first: it checks the backend and loads the query encoder in seconds, while the
+    # cascade's stages may encode the whole corpus into --token-store
     search_all, search_one = _searcher(cfg, info, backend)
+    stages = _cascade_stages(cfg, info)
     what = "BM25" if info["kind"] == "bm25" else f"encode ({backend}) + FAISS"
     if stages:
         run, lat = _run_cascade(cfg, queries, search_all, search_one, stages, info["kind"])
