@@ -41,6 +41,31 @@ def test_dense_index_and_search_use_manifest_model(tmp_path: Path, toy_beir_dir:
     assert set(run) == {"q1", "q2", "q3", "q4", "q5"} and all(len(docs) == 2 for docs in run.values())
 
 
+def test_a_trained_model_is_indexed_and_searched_at_its_own_lengths(tmp_path: Path, toy_beir_dir: Path,
+                                                                    tiny_bert_path: str, monkeypatch) -> None:
+    """Without --max-length the CLI encodes as the pipeline does: at the lengths the model was saved with
+    (a student trained at 24 / 12 tokens is not re-encoded at 256 / 64)."""
+    from densekd.encoders.dense import DenseEncoder
+
+    model = tmp_path / "student"
+    DenseEncoder.from_pretrained(tiny_bert_path, passage_max_length=24, query_max_length=12).save_pretrained(model)
+    idx = tmp_path / "idx"
+    assert cli("index", "--corpus", toy_beir_dir / "corpus.jsonl", "--out", idx, "--kind", "dense",
+               "--model", model, "--batch-size", "4") == 0
+    assert json.loads((idx / "densekd_index.json").read_text())["max_length"] == 24
+    seen = []
+    original = DenseEncoder.encode_queries
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.config.query_max_length)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DenseEncoder, "encode_queries", spy)
+    assert cli("search", "--index", idx, "--queries", toy_beir_dir / "queries.jsonl", "-k", "2",
+               "--out", tmp_path / "run.trec") == 0
+    assert seen and set(seen) == {12}
+
+
 def test_search_errors(tmp_path: Path, toy_beir_dir: Path, capsys) -> None:
     queries = toy_beir_dir / "queries.jsonl"
     assert cli("search", "--index", tmp_path, "--queries", queries, "--out", tmp_path / "r.trec") == 2

@@ -62,7 +62,9 @@ class IndexConfig:
     factory: str = field(default="Flat", metadata={
         "help": "dense only: FAISS index_factory string, e.g. Flat, HNSW32, IVF1024,PQ64"})
     batch_size: int = field(default=64, metadata={"help": "dense only: passages per encoder batch"})
-    max_length: int = field(default=256, metadata={"help": "dense only: passage length limit in tokens"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "dense only: passage length limit in tokens (default: the model's own, as trained; 256 for a "
+                "plain checkpoint)"})
     chunk_size: int = field(default=4096, metadata={
         "help": "dense only: passages per embeddings file (what a resume redoes at most; the unit of sharding)"})
     num_shards: int | None = field(default=None, metadata={
@@ -153,11 +155,13 @@ def _load_encoder(cfg: IndexConfig) -> Any:
 
     if cfg.backend != "torch":  # a missing onnxruntime is reported before any weight is loaded
         require("onnxruntime", f"backend {cfg.backend!r}")
-    encoder = DenseEncoder.from_pretrained(cfg.model, passage_max_length=cfg.max_length)
+    # no --max-length: the length the model was trained and saved with, as the pipeline encodes it
+    length = {} if cfg.max_length is None else {"passage_max_length": cfg.max_length}
+    encoder = DenseEncoder.from_pretrained(cfg.model, **length)
     limit = getattr(encoder.passage_model.config, "max_position_embeddings", None)
-    if limit is not None and cfg.max_length > limit:
+    if limit is not None and encoder.config.passage_max_length > limit:
         raise DataFormatError(None, f"key 'max_length' must be <= {limit} (the model's position limit), "
-                                    f"got {cfg.max_length}")
+                                    f"got {encoder.config.passage_max_length}")
     try:
         FaissIndex(encoder.dim, cfg.factory, "ip")
     except ValueError as e:
@@ -214,8 +218,8 @@ def _build_dense(cfg: IndexConfig, corpus: Any, out: Path) -> None:
         print(f"densekd index: shard {shard.index} of {shard.num_shards} encoded; the process that completes "
               f"{stage} builds the index", file=sys.stderr)
         return
-    extra = {"model": resolve_model_path(cfg.model), "max_length": cfg.max_length, "factory": cfg.factory,
-             "backend": cfg.backend}
+    extra = {"model": resolve_model_path(cfg.model), "max_length": encoder.config.passage_max_length,
+             "factory": cfg.factory, "backend": cfg.backend}
     with atomic_dir(out) as tmp:
         try:
             store.to_faiss(cfg.factory, metric="ip").save(tmp / "faiss")

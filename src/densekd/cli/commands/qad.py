@@ -38,7 +38,9 @@ class QadCommandConfig:
         "metavar": "FILE"})
     passages: int = field(default=3200, metadata={"help": "corpus passages sampled for training (seeded)"})
     held_out: int = field(default=200, metadata={"help": "other passages on which the int8 cosine is reported"})
-    max_length: int = field(default=256, metadata={"help": "passage length limit in tokens (as you will index)"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "passage length limit in tokens, as you will index (default: the model's own; 256 for a plain "
+                "checkpoint)"})
     max_steps: int = field(default=200, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "texts per step"})
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate"})
@@ -109,7 +111,8 @@ def main(args: argparse.Namespace) -> int:
     order = np.random.default_rng(cfg.seed).permutation(len(texts))
     train = [texts[i] for i in order[:cfg.passages]]
     held = [texts[i] for i in order[cfg.passages:cfg.passages + cfg.held_out]]
-    encoder = DenseEncoder.from_pretrained(cfg.model, passage_max_length=cfg.max_length)
+    encoder = DenseEncoder.from_pretrained(cfg.model, **({} if cfg.max_length is None
+                                                         else {"passage_max_length": cfg.max_length}))
     before = int8_cosine(encoder, encoder, held) if held else None
     with atomic_dir(out) as tmp:
         targs = QadConfig(output_dir=str(tmp / ".trainer"), max_steps=cfg.max_steps,

@@ -50,7 +50,9 @@ class SearchConfig:
     model: str | None = field(default=None, metadata={
         "help": "dense only: query encoder; default: the model the index was built with", "metavar": "PATH"})
     batch_size: int = field(default=128, metadata={"help": "dense only: queries per encoder batch"})
-    max_length: int = field(default=64, metadata={"help": "dense only: query length limit in tokens"})
+    max_length: int | None = field(default=None, metadata={
+        "help": "dense only: query length limit in tokens (default: the model's own, as trained; 64 for a "
+                "plain checkpoint)"})
     backend: str | None = field(default=None, metadata={
         "help": "dense only: query encoder backend (torch, onnx, onnx-int8); default: the "
                 "backend the index was built with"})
@@ -162,7 +164,8 @@ def _query_encoder(cfg: SearchConfig, info: dict[str, Any], backend: str) -> Any
         raise DataFormatError(Path(cfg.index) / MANIFEST, f"the index's model folder is gone: {model} (give --model)")
     if backend not in BACKENDS:
         raise DataFormatError(None, f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    return load_encoder(model, backend, query_max_length=cfg.max_length)
+    length = {} if cfg.max_length is None else {"query_max_length": cfg.max_length}  # default: the model's own
+    return load_encoder(model, backend, **length)
 
 
 def _searcher(cfg: SearchConfig, info: dict[str, Any], backend: str) -> tuple[Any, Any]:
