@@ -52,6 +52,9 @@ def test_override_values_are_yaml_but_strings_stay_raw() -> None:
     assert cfg.tag == "007"  # YAML would read 7; a str field keeps the text
     assert cfg.optim == Optim(lr=3.0, schedule="cosine")  # int accepted for float
     assert load_config(None, ["data=yes"], Cfg).data == "yes"
+    # text YAML would change: a comment sign, a trailing space; a quoted scalar is unquoted
+    cfg = load_config(None, ["data=runs/exp #2", "tag=query ", "model='a b'"], Cfg)
+    assert (cfg.data, cfg.tag, cfg.model) == ("runs/exp #2", "query ", "a b")
 
 
 def test_unknown_key_in_file_names_file_and_key(tmp_path: Path) -> None:

@@ -99,8 +99,11 @@ def _coerce(value: Any, tp: Any, key: str, src: _Source, raw: Any = _NO_RAW) -> 
     elif tp is Any:
         return value
     elif tp in (str, Path):
-        if raw is not _NO_RAW and not isinstance(value, str):
-            value = raw  # --set text for a string field is taken literally, not as YAML
+        # --set text for a string field is taken literally, not as YAML (which would read "007" as 7, cut
+        # "runs/exp #2" at the comment and drop a trailing space); only a quoted scalar is unquoted
+        quoted = raw is not _NO_RAW and len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+        if raw is not _NO_RAW and not (quoted and isinstance(value, str)):
+            value = raw
         if isinstance(value, (str, Path)):  # argparse hands Path-typed options over as Path
             return tp(value)
     elif tp is bool:
