@@ -124,13 +124,24 @@ def fused_groups(ctx: steps.Context, scored: list[TrainGroup], base_encoder: Any
 
 
 def student_label(loss: dict[str, Any]) -> str:
-    """What trained the student, for its row name: a labels-only loss does not make a distilled student."""
-    teacher_losses = sorted(k for k in loss if k not in ("contrastive",))
+    """What trained the student, for its row name: a labels-only loss does not make a distilled student.
+
+    Each term is named by its ``type`` (its key when absent); a term of weight 0 is off and not named.
+
+    Examples
+    --------
+    >>> student_label({"kl": {"weight": 0}, "contrastive": {}})
+    'labels-only student (InfoNCE)'
+    >>> student_label({"kl": {}, "hard_ce": {"type": "contrastive", "use_in_batch": False}})
+    'distilled student (KL + InfoNCE)'
+    """
+    kinds = {(o or {}).get("type", k) for k, o in loss.items() if float((o or {}).get("weight", 1.0)) > 0}
+    teacher_losses = sorted(kinds - {"contrastive"})
     if not teacher_losses:
         return "labels-only student (InfoNCE)"
     names = {"kl": "KL", "margin_mse": "MarginMSE", "mse": "MSE", "listnet": "ListNet", "ranknet": "RankNet",
              "ernie": "ERNIE-Search", "margin_ranking": "margin ranking"}
-    parts = [names.get(k, k) for k in teacher_losses] + (["InfoNCE"] if "contrastive" in loss else [])
+    parts = [names.get(k, k) for k in teacher_losses] + (["InfoNCE"] if "contrastive" in kinds else [])
     return f"distilled student ({' + '.join(parts)})"
 
 
