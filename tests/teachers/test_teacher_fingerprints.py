@@ -20,8 +20,9 @@ from densekd.teachers.cross_encoder import CrossEncoderTeacher
 from densekd.teachers.fid import FiDTeacher
 
 CROSS_ENCODER_PIN = "7807172c9dc6b294c5fae7726f30c71887b20fca844870aca9d0b4381a75d54b"
-FID_PINS = {"fid-kd": "f7554219453f4c43c844e245cf5acccae9f85dbc8ddd0e40b1335890430491bd",
-            "adist": "7d906bee42853694220fffd2897d0ba51adc05476f2d8d0e75685ce8c146a42f"}
+# re-pinned when the FiD fingerprint began to cover the tokenizer and the generation config (session 13)
+FID_PINS = {"fid-kd": "346d511f9d91c98f1484a6233fe121b0470935e27f35bb185ad3f3f3b98d9aa2",
+            "adist": "6471f178971f7280c12ad9237f97f54cc85f5df2c9cca0e74f2e1ac790313167"}
 
 
 def fill_deterministic_(module: torch.nn.Module) -> None:
@@ -54,3 +55,10 @@ def test_reader_fingerprint_is_pinned(tiny_bert_path, scoring):
     config = FiDReaderConfig(n_passages=3, passage_max_length=40, answer_max_length=8, attn_implementation="eager")
     teacher = FiDTeacher(FiDReader(model, tokenizer, config), scoring)
     assert teacher.fingerprint == FID_PINS[scoring]
+    # what decides the scores besides the weights: the generation config (the reader's own answer when none
+    # is given) and the tokenizer
+    model.generation_config.max_length = 7
+    regenerated = teacher.fingerprint
+    assert regenerated != FID_PINS[scoring]
+    tokenizer.add_tokens(["densekdtoken"])
+    assert FiDTeacher(FiDReader(model, tokenizer, config), scoring).fingerprint != regenerated

@@ -34,6 +34,7 @@ Data contracts
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 
 from densekd.encoders.reader import IGNORE_INDEX, FiDReader, PassageLike
 from densekd.teachers.base import CandidateList, fingerprint_parts, fingerprint_state_dict
-from densekd.teachers.model_fingerprint import CachedFingerprint
+from densekd.teachers.model_fingerprint import CachedFingerprint, tokenizer_state
 
 TOKEN_MODES = ("first", "all")
 REDUCTIONS = ("mean", "sum", "max")
@@ -309,12 +310,15 @@ class FiDTeacher:
 
     @property
     def fingerprint(self) -> str:
-        """Stable id of the reader weights, its input settings and the scoring (a cache key; hashed once
-        until a weight or setting changes)."""
+        """Stable id of the reader weights, tokenizer, input and generation settings and the scoring (a
+        cache key; hashed once until a weight or setting changes). Generation matters: without a given
+        answer the scores are those of the reader's own greedy answer."""
         c = self.reader.config
-        settings = (c.passage_max_length, c.answer_max_length, self.scoring)
+        generation = json.dumps({k: v for k, v in self.reader.model.generation_config.to_diff_dict().items()
+                                 if k != "transformers_version"}, sort_keys=True, default=str)  # hashable
+        settings = (c.passage_max_length, c.answer_max_length, self.scoring, generation)
         return self._fingerprint.get(self.reader.model, settings, lambda state: fingerprint_parts(
-            "fid-teacher", fingerprint_state_dict(state), *settings))
+            "fid-teacher", fingerprint_state_dict(state), tokenizer_state(self.reader.tokenizer), *settings))
 
     def score_candidates(self, lists: Sequence[CandidateList], batch_size: int | None = None,
                          show_progress: bool = False) -> list[np.ndarray]:
