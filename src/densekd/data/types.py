@@ -132,5 +132,15 @@ class TrainGroup:
 
 
 def top_k(run_for_query: dict[str, float], k: int) -> list[tuple[str, float]]:
-    """The ``k`` highest-scoring ``(doc_id, score)`` pairs, ties broken by doc id for determinism."""
+    """The ``k`` highest-scoring ``(doc_id, score)`` pairs, ties broken by doc id for determinism.
+
+    ``k < 0`` raises ``ValueError`` (as a slice it would silently drop the last ``|k|`` documents).
+
+    Examples
+    --------
+    >>> top_k({"b": 1.0, "a": 1.0, "c": 2.0}, 2)
+    [('c', 2.0), ('a', 1.0)]
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
     return sorted(run_for_query.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
