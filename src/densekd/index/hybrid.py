@@ -9,8 +9,10 @@ Methods (per query; ``w_i`` is run ``i``'s weight)
   run's lowest z-score for the query (it ranked below everything the run returned).
 * ``"minmax"``: ``sum_i w_i * (s_i(d) - min_i) / (max_i - min_i)``; an absent document gets 0.
 
-A run whose scores for a query are all equal carries no ordering information and adds the same
-constant to every document (1 for minmax, 0 for zscore); a run with no entry for a query adds nothing.
+A run whose scores for a query are all equal (ties, or a single document: e.g. BM25 when one passage
+holds the query's only matching term) orders its documents only against the absent ones: minmax gives
+them 1 and absent documents 0, but zscore gives both 0, so under zscore such a run adds nothing to the
+query (use rrf or minmax where that matters). A run with no entry for a query adds nothing.
 
 Example
 -------
