@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from densekd.data.io import DataFormatError
+from densekd.encoders.pooling import POOLING_MODES
 
-#: sentence-transformers pooling modes densekd computes, as each layout names them
-POOLING_NAMES = {"cls": "cls", "max": "max", "mean": "mean"}
+#: sentence-transformers < 6 pooling flags of the modes densekd computes (>= 6 names them as densekd does)
 OLD_POOLING_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
                      "pooling_mode_mean_tokens": "mean"}
 #: a tokenizer without a length limit reports this (transformers' VERY_LARGE_INTEGER): not a limit
@@ -39,10 +39,10 @@ def _pooling(config_file: Path) -> str:
     """The pooling mode of a Pooling module's ``config.json`` (either layout)."""
     cfg = _json(config_file)
     if "pooling_mode" in cfg:  # >= 6
-        mode = POOLING_NAMES.get(str(cfg["pooling_mode"]))
-        if mode is None:
-            raise DataFormatError(config_file, f"pooling_mode {cfg['pooling_mode']!r} is not one densekd computes "
-                                               f"({sorted(POOLING_NAMES)})")
+        mode = str(cfg["pooling_mode"])
+        if mode not in POOLING_MODES:
+            raise DataFormatError(config_file, f"pooling_mode {mode!r} is not one densekd computes "
+                                               f"({sorted(POOLING_MODES)})")
         return mode
     on = [key for key, value in cfg.items() if key.startswith("pooling_mode_") and value]
     modes = {OLD_POOLING_FLAGS.get(key) for key in on}

@@ -199,8 +199,8 @@ class BM25Index:
         gets the score :meth:`score` gives it (up to float32 rounding).
 
         Only the ``"lucene"`` and ``"robertson"`` variants (the same term-frequency weighting in bm25s,
-        each with its own idf: :func:`_idf`) are supported; others raise ``ValueError``. ``RuntimeError`` for an index loaded from a folder
-        written without the mean document length.
+        each with its own idf: :func:`_idf`) are supported; others raise ``ValueError``. ``RuntimeError``
+        for an index loaded from a folder written without the mean document length.
         """
         bm25 = self._require_index()
         if self.method not in ("lucene", "robertson"):
@@ -296,4 +296,3 @@ def _idf(method: str, df: int, n_docs: int) -> float:
     """
     inner = (n_docs - df + 0.5) / (df + 0.5)
     return math.log(1 + inner) if method == "lucene" else math.log(max(inner, 1.0))
-

@@ -125,6 +125,21 @@ class WeightedSum(nn.Module):
         return f"weights={self.weights}"
 
 
+def loss_kinds(spec: Mapping[str, Mapping[str, Any] | None], live_only: bool = False) -> set[str]:
+    """The loss types a config spec names: each entry's ``type``, else its key (as :func:`build_loss` reads
+    it); ``live_only``: only the terms :class:`WeightedSum` computes (weight > 0).
+
+    Examples
+    --------
+    >>> sorted(loss_kinds({"kl": {"weight": 0}, "hard_ce": {"type": "contrastive"}}))
+    ['contrastive', 'kl']
+    >>> loss_kinds({"kl": {"weight": 0}, "hard_ce": {"type": "contrastive"}}, live_only=True)
+    {'contrastive'}
+    """
+    return {(options or {}).get("type", name) for name, options in spec.items()
+            if not live_only or float((options or {}).get("weight", 1.0)) > 0}
+
+
 def build_loss(spec: Mapping[str, Mapping[str, Any] | None]) -> WeightedSum:
     """Build a :class:`WeightedSum` from a config mapping.
 

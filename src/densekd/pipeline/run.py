@@ -36,6 +36,7 @@ from typing import Any
 from densekd.data.io import write_json
 from densekd.data.types import Run, TrainGroup
 from densekd.eval.metrics import evaluate
+from densekd.losses.combine import loss_kinds
 from densekd.pipeline import report, steps
 from densekd.pipeline.config import PipelineConfig
 from densekd.pipeline.student import (  # noqa: F401 (train_student re-exported for the benches)
@@ -135,7 +136,7 @@ def student_label(loss: dict[str, Any]) -> str:
     >>> student_label({"kl": {}, "hard_ce": {"type": "contrastive", "use_in_batch": False}})
     'distilled student (KL + InfoNCE)'
     """
-    kinds = {(o or {}).get("type", k) for k, o in loss.items() if float((o or {}).get("weight", 1.0)) > 0}
+    kinds = loss_kinds(loss, live_only=True)
     teacher_losses = sorted(kinds - {"contrastive"})
     if not teacher_losses:
         return "labels-only student (InfoNCE)"

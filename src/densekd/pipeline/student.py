@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from densekd.data.types import Run, TrainGroup
+from densekd.losses.combine import loss_kinds
 from densekd.pipeline import steps
 from densekd.pipeline.cache import cache_key, model_ref
 
@@ -40,9 +41,8 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
     s = ctx.cfg.student
     settings = _student_settings(s)
     rows = [g.to_json() for g in groups]
-    kinds = {(options or {}).get("type", name) for name, options in s.loss.items()}  # an entry's type wins
     # no term reads teacher scores and no self-paced selector ranks by them: they are not an input
-    if kinds <= LABELS_ONLY_LOSSES and not s.self_paced.enabled:
+    if loss_kinds(s.loss) <= LABELS_ONLY_LOSSES and not s.self_paced.enabled:
         rows = [{k: v for k, v in row.items() if k != "teacher_scores"} for row in rows]
     key = cache_key("student-v1", settings, rows)
     folder = ctx.out / "student"
