@@ -13,7 +13,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from densekd.losses import InfoNCE, ScoreBatch
+from densekd.losses.batch import positive_repeats
 from densekd.scores import gather_with_grad, global_in_batch, group_scores, in_batch_scores
+from densekd.training.trainer import in_batch_repeats
 
 WORLD, B_LOCAL, G, DIM = 2, 2, 3, 6
 
@@ -40,6 +42,14 @@ def _global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return q_x, p_x, mask
 
 
+def _keys() -> tuple[torch.Tensor, torch.Tensor]:
+    """Passage keys ``[4, G]`` and positive keys ``[4, 1]``: query 3 (rank 1) has query 0's positive among
+    its negatives, a false negative that rank 0 can only see in the gathered keys."""
+    keys = torch.arange(WORLD * B_LOCAL * G, dtype=torch.long).reshape(WORLD * B_LOCAL, G)
+    keys[3, 1] = keys[0, 0]
+    return keys, keys[:, :1].clone()
+
+
 def _loss(q: torch.Tensor, p: torch.Tensor, batch_kwargs: dict) -> torch.Tensor:
     return InfoNCE(temperature=0.5)(ScoreBatch(student=group_scores(q, p, G), **batch_kwargs))["contrastive"]
 
@@ -59,9 +69,11 @@ def _worker(rank: int, out_dir: str) -> None:
         model = DistributedDataParallel(_DualEncoder())
         q, p = model(q_x[rows], p_x[p_rows])
         res = global_in_batch(q, p, mask[rows])
+        keys, positives = _keys()
+        exclude = in_batch_repeats((keys[rows], positives[rows]), res.offset, G, gathered=True)
         loss = _loss(q, p, {
             "in_batch": res.scores, "in_batch_mask": res.mask, "in_batch_offset": res.offset,
-            "mask": mask[rows],
+            "mask": mask[rows], "in_batch_exclude": exclude,
         })
         loss.backward()  # DDP averages the parameter gradients over the 2 ranks
 
@@ -77,6 +89,7 @@ def _worker(rank: int, out_dir: str) -> None:
                 "grads": {k: v.grad for k, v in model.module.named_parameters()},
                 "gathered": gathered.detach(),
                 "x_grad": x.grad,
+                "exclude": exclude,
             },
             Path(out_dir) / f"rank{rank}.pt",
         )
@@ -93,10 +106,14 @@ def test_ddp_gathered_infonce_matches_single_process(tmp_path):
     q_x, p_x, mask = _global_batch()
     model = _DualEncoder()
     q, p = model(q_x, p_x)
-    loss = _loss(q, p, {"in_batch": in_batch_scores(q, p), "mask": mask})
+    keys, positives = _keys()
+    exclude = positive_repeats(keys.reshape(-1), positives, 0, G)
+    assert exclude.sum() == 1 and exclude[0, 3 * G + 1]  # only query 0 sees its positive repeated
+    loss = _loss(q, p, {"in_batch": in_batch_scores(q, p), "mask": mask, "in_batch_exclude": exclude})
     loss.backward()
 
     assert [r["offset"] for r in results] == [0, B_LOCAL * G]
+    torch.testing.assert_close(torch.cat([r["exclude"] for r in results]), exclude)  # gathered keys
     torch.testing.assert_close(torch.stack([r["loss"] for r in results]).mean(), loss.detach())
     for r in results:
         for name, param in model.named_parameters():

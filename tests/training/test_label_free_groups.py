@@ -51,6 +51,7 @@ def test_label_free_items_equal_the_old_favourite_first_items_but_say_unlabelled
     for epoch in range(4):
         a, b = then.item(0, epoch), now.item(0, epoch)
         assert b.pop("labelled") is False and "labelled" not in a
+        assert a.pop("positives") == ["b"] and b.pop("positives") == []  # no positive, no in-batch exclusion
         assert a == b
         assert b["pids"][0] == "b"
 

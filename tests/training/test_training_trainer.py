@@ -131,3 +131,18 @@ def test_gradient_accumulation_matches_the_larger_batch(make_trainer, no_dropout
     accumulated.train()
     assert not same_weights(start, snapshot(big.model), atol=1e-4)  # the comparison is not vacuous
     assert same_weights(snapshot(big.model), snapshot(accumulated.model), atol=1e-5)
+
+
+def test_in_batch_copies_of_a_querys_positives_are_excluded_from_its_negatives(make_trainer, tiny_bert_path,
+                                                                                 tmp_path):
+    """Toy groups list every other document as a negative, so each query's positive is also in other
+    queries' groups: exactly those columns (and no own-group column) are excluded for it."""
+    trainer = make_trainer(tiny_bert_path, tmp_path)
+    ds = trainer.train_dataset
+    inputs = trainer.data_collator([ds.item(i) for i in range(4)])
+    b, g = len(inputs["pids"]), len(inputs["pids"][0])
+    columns = [pid for group in inputs["pids"] for pid in group]
+    expected = [[columns[c] in ds.groups[i].pos_ids and c // g != i for c in range(b * g)] for i in range(b)]
+    scores = trainer._score_batch(torch.randn(b, 8), torch.randn(b * g, 8), inputs)
+    assert scores.in_batch_exclude.tolist() == expected
+    assert any(any(row) for row in expected)  # the toy batch does hold such copies

@@ -14,6 +14,15 @@ are flattened group-major: candidate ``j`` of query ``i`` is row ``i * G + j`` o
 the in-batch matrix ``in_batch[B, N]`` query ``i``'s positive sits at column ``offset + i * G``
 (``offset = 0`` on a single process).
 
+Other queries' copies of a positive
+-----------------------------------
+A passage can sit in the batch twice: as query ``i``'s positive and as another query's positive or
+mined negative (on SciFact 58 % of the training queries share a positive with another query). For query
+``i`` such a column is a false negative. ``ScoreBatch.in_batch_exclude[B, N]`` marks, for each query, the
+columns *outside its own group* that hold one of its labelled positives (:func:`positive_repeats` builds
+it from hashed passage ids); the in-batch losses (InfoNCE, in-batch KL) leave them out of the query's
+softmax. (DPR's and Tevatron's in-batch losses keep them as negatives, though the labels say otherwise.)
+
 Distributed training
 --------------------
 ``in_batch`` may hold the local queries against every rank's passages (gathered by
@@ -56,6 +65,10 @@ class ScoreBatch:
         gathered batches must pass the gathered mask (:func:`global_in_batch` returns it).
     in_batch_offset
         Number of ``in_batch`` columns that belong to earlier ranks (``0`` on one process).
+    in_batch_exclude
+        ``[B, N]`` bool or ``None``; ``True`` = a column query ``i`` must not count as a negative: a copy
+        of one of its labelled positives in another query's group (module docstring,
+        :func:`positive_repeats`). Never set at a query's own group columns.
     label_mask
         ``[B, G]`` bool or ``None``; ``False`` = a candidate without a label: a synthetic one (an ADAM
         dark example such as a masked copy of the positive), or every candidate of a query from a
@@ -85,6 +98,7 @@ class ScoreBatch:
     in_batch_offset: int = 0
     heads: dict[str, ScoreBatch] | None = None
     label_mask: Tensor | None = None
+    in_batch_exclude: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.student.ndim != 2:
@@ -139,6 +153,11 @@ class ScoreBatch:
                     "given; pass in_batch_mask for all columns (global_in_batch returns it)"
                 )
             self.in_batch_mask = self.mask.reshape(-1)
+        if self.in_batch_exclude is not None:
+            if self.in_batch_exclude.shape != (b, n):
+                raise ValueError(f"in_batch_exclude must be [B, N]={b, n}, got shape "
+                                 f"{tuple(self.in_batch_exclude.shape)}")
+            self.in_batch_exclude = self.in_batch_exclude.bool()
 
     @property
     def batch_size(self) -> int:
@@ -174,7 +193,7 @@ class ScoreBatch:
         ([[True, False], [True, True]], [[1, 0, 1, 1], [1, 1, 1, 1]])
         """
         if self.label_mask is None:
-            return self.mask, self.in_batch_mask
+            return self.mask, self.in_batch_negatives()
         if not bool(self.label_mask[:, 0].all()):
             raise ValueError("a label-based loss (contrastive) got a query from a label-free group, whose first "
                              "candidate is the teacher's favourite, not a labelled positive: use losses over the "
@@ -183,16 +202,62 @@ class ScoreBatch:
         if self.in_batch is None:
             return group, self.in_batch_mask
         b, g = self.student.shape
-        n = self.in_batch.shape[1]
-        rows = torch.ones(b, n, dtype=torch.bool, device=self.in_batch.device)
-        if self.in_batch_mask is not None:
-            rows = rows & self.in_batch_mask[None, :]
+        rows = self._column_rows()
         own = self.in_batch_offset + torch.arange(b, device=rows.device)[:, None] * g + torch.arange(g, device=rows.device)
         rows = rows.scatter(1, own, rows.gather(1, own) & self.label_mask.to(rows.device))
         return group, rows
+
+    def _column_rows(self) -> Tensor:
+        """``[B, N]`` bool: ``in_batch_mask`` per row, minus each row's ``in_batch_exclude`` columns."""
+        assert self.in_batch is not None
+        rows = torch.ones(self.in_batch.shape, dtype=torch.bool, device=self.in_batch.device)
+        if self.in_batch_mask is not None:
+            rows = rows & self.in_batch_mask[None, :]
+        if self.in_batch_exclude is not None:
+            rows = rows & ~self.in_batch_exclude.to(rows.device)
+        return rows
+
+    def in_batch_negatives(self) -> Tensor | None:
+        """The mask of ``in_batch`` columns each query's softmax may use: ``[N]``, ``[B, N]`` or ``None``.
+
+        ``in_batch_mask`` (``[N]``) as it is when nothing is excluded; with ``in_batch_exclude`` a
+        ``[B, N]`` mask that also drops each query's copies of its positives in other groups.
+        """
+        if self.in_batch is None or self.in_batch_exclude is None:
+            return self.in_batch_mask
+        return self._column_rows()
 
     def positive_columns(self) -> Tensor:
         """``[B]`` long: the ``in_batch`` column of each query's positive."""
         rows = torch.arange(self.batch_size, device=self.student.device)
         return self.in_batch_offset + rows * self.group_size
 
+
+
+def positive_repeats(column_keys: Tensor, positive_keys: Tensor, in_batch_offset: int, group_size: int) -> Tensor:
+    """``[B, N]`` bool: the in-batch columns outside query ``i``'s own group that hold one of its positives.
+
+    Parameters
+    ----------
+    column_keys
+        ``[N]`` int64 key of the passage in each (possibly gathered) in-batch column, group-major.
+    positive_keys
+        ``[B, P]`` int64 keys of each local query's labelled positives; ``-1`` pads (keys are >= 0).
+    in_batch_offset
+        Columns that belong to earlier ranks (``ScoreBatch.in_batch_offset``).
+    group_size
+        ``G``; query ``i``'s own columns are ``in_batch_offset + i * G + [0, G)``, never marked.
+
+    Examples
+    --------
+    >>> keys = torch.tensor([7, 8, 9, 7])           # query 1's negative (column 3) is query 0's positive
+    >>> positive_repeats(keys, torch.tensor([[7, -1], [9, -1]]), 0, 2).tolist()
+    [[False, False, False, True], [False, False, False, False]]
+    """
+    b, n = positive_keys.shape[0], column_keys.shape[0]
+    hit = (column_keys[None, :, None] == positive_keys[:, None, :]) & (positive_keys[:, None, :] >= 0)
+    hit = hit.any(dim=-1)                                                     # [B, N]
+    start = in_batch_offset + torch.arange(b, device=hit.device) * group_size  # [B]
+    col = torch.arange(n, device=hit.device)
+    own = (col[None, :] >= start[:, None]) & (col[None, :] < start[:, None] + group_size)
+    return hit & ~own

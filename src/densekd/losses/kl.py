@@ -127,7 +127,8 @@ def kl_in_batch_loss(
     mask
         ``[B, G]`` bool, ``False`` = padded candidate.
     in_batch_mask
-        ``[N]`` bool, ``False`` = padded column (never part of any softmax).
+        ``[N]`` (or per query ``[B, N]``) bool, ``False`` = a column outside the softmax (padded, or a
+        copy of the query's positive in another group: ``ScoreBatch.in_batch_negatives``).
     weights
         ``[B]`` non-negative instance weights or ``None``.
 
@@ -179,7 +180,7 @@ class KLDistillation(nn.Module):
             offsets = torch.arange(scores.group_size, device=teacher.device)
             own = scores.positive_columns()[:, None] + offsets[None, :]
             loss = kl_in_batch_loss(scores.in_batch, teacher, own, mask=scores.mask,
-                                    in_batch_mask=scores.in_batch_mask, weights=scores.weights, **settings)
+                                    in_batch_mask=scores.in_batch_negatives(), weights=scores.weights, **settings)
             return {"kl": loss}
         return {"kl": teacher_group_loss(scores, kl_distillation_loss, "KLDistillation", **settings)}
 

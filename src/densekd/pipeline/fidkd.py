@@ -211,7 +211,10 @@ def train_retriever(ctx: QAContext, n: int, groups: list[TrainGroup], scores_key
     # iteration 1 has no retriever to continue, so there the key holds continue_training at its default:
     # switching it reuses iteration 1 (and every step after it up to retriever 2) instead of retraining
     keyed = {**settings, "continue_training": True} if n == 1 else settings
-    key = cache_key("fidkd-retriever-v1", scores_key, keyed, k, normalize, start_from and start_from[1])
+    # labelled groups (the gold-trained twin) train differently since in-batch copies of a query's positive
+    # stopped counting as its negatives; label-free groups (the reader's) do not, so their keys stay
+    labelled = ["positive-repeats-excluded"] if any(g.pos_ids for g in groups) else []
+    key = cache_key("fidkd-retriever-v1", scores_key, keyed, k, normalize, start_from and start_from[1], *labelled)
     if normalize == "zscore":
         from densekd.scores import zscore
 

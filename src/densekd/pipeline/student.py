@@ -44,7 +44,8 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
     # no term reads teacher scores and no self-paced selector ranks by them: they are not an input
     if loss_kinds(s.loss) <= LABELS_ONLY_LOSSES and not s.self_paced.enabled:
         rows = [{k: v for k, v in row.items() if k != "teacher_scores"} for row in rows]
-    key = cache_key("student-v1", settings, rows)
+    # v2: in-batch copies of a query's positives are no longer its negatives (losses.batch.positive_repeats)
+    key = cache_key("student-v2", settings, rows)
     folder = ctx.out / "student"
     checkpoints = steps.checkpoint_folder(ctx.out, "student", key)
 

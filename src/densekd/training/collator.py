@@ -10,6 +10,9 @@ Data contract
      "teacher_scores": Tensor | None,     # float32[B, G] raw teacher logits aligned with pids, or None
      "mask": Tensor,                      # bool[B, G]; False = a repeat of an earlier id in the same group
      "pids": list[list[str]],             # [B][G] candidate ids (query_only mode looks vectors up by these)
+     "pid_keys": Tensor,                  # int64[B, G] stable 63-bit hashes of pids (passage_keys)
+     "positive_keys": Tensor,             # int64[B, P] hashes of each item's labelled positives ("positives";
+                                          #   all of them, not just the sampled one), -1 = padding
      "label_mask": Tensor,                # bool[B, G]; only when some candidate has no label: False at
                                           #   synthetic candidates (dark examples) and on the whole row of
                                           #   an item from a label-free group (its candidate 0 is no positive)
@@ -19,7 +22,11 @@ Data contract
 ``mask`` implements the dataset's "pad by repeating" contract: padding repeats ids, and every
 repeated id (also a positive that reappears among the negatives, or a duplicated negative in the file)
 is excluded from the losses instead of being counted twice. It is always a tensor, never ``None``, so
-every DDP rank runs the same collectives when the masks are gathered for in-batch negatives.
+every DDP rank runs the same collectives when the masks are gathered for in-batch negatives. For the
+same reason ``pid_keys`` and ``positive_keys`` are always present: the trainer gathers ``pid_keys`` to
+find, for each query, the in-batch columns that repeat one of its positives (false negatives,
+:func:`densekd.losses.batch.positive_repeats`). Integer keys, not strings, because only tensors can be
+gathered; a keyed hash (never Python's salted ``hash``) gives every rank the same key for an id.
 
 The tokenize functions take a list of texts and return tokenizer output (``padding``/``truncation``
 done inside). :class:`TextTokenizer` is a picklable one built from an HF tokenizer, which
@@ -32,6 +39,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import hashlib
 
 import torch
 
@@ -69,6 +78,31 @@ def repeat_mask(pids: Sequence[Sequence[str]]) -> torch.Tensor:
         seen: set[str] = set()
         rows.append([not (pid in seen or seen.add(pid)) for pid in group])
     return torch.tensor(rows, dtype=torch.bool)
+
+
+def passage_key(pid: str) -> int:
+    """A stable non-negative 63-bit key of a passage id (the same on every process and run).
+
+    Examples
+    --------
+    >>> passage_key("d1") == passage_key("d1") != passage_key("d2")
+    True
+    """
+    return int.from_bytes(hashlib.blake2b(pid.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def positive_keys(positives: Sequence[Sequence[str]]) -> torch.Tensor:
+    """``int64[B, P]``: :func:`passage_key` of each item's positives, ``-1`` padded (``P >= 1``).
+
+    Examples
+    --------
+    >>> keys = positive_keys([["a", "b"], []])
+    >>> keys.shape, int(keys[1, 0])
+    (torch.Size([2, 2]), -1)
+    """
+    width = max([1, *(len(p) for p in positives)])
+    rows = [[passage_key(pid) for pid in p] + [-1] * (width - len(p)) for p in positives]
+    return torch.tensor(rows, dtype=torch.long)
 
 
 def label_mask(pids: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -122,6 +156,8 @@ class DistillCollator:
             "teacher_scores": _stack_teacher_scores(items, group_size),
             "mask": repeat_mask(pids),
             "pids": pids,
+            "pid_keys": torch.tensor([[passage_key(pid) for pid in group] for group in pids], dtype=torch.long),
+            "positive_keys": positive_keys([item.get("positives") or [] for item in items]),
         }
         weights = _stack_weights(items)
         if weights is not None:  # only then: batches without weights keep their exact old keys

@@ -235,6 +235,9 @@ class TrainGroupDataset(Dataset):
             "pids": pids,
             "passages": [self.passage_text(group, pid) for pid in pids],
             "teacher_scores": None if scores is None else [float(scores[pid]) for pid in pids],
+            # every labelled positive, not only the sampled one: another group's copy of any of them is no
+            # negative of this query (losses.batch.positive_repeats)
+            "positives": list(group.pos_ids),
         }
         if not group.labelled:  # only then: labelled items keep their exact old keys
             if not self.allow_label_free:

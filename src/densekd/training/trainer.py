@@ -62,7 +62,9 @@ from torch import Tensor
 
 from densekd.encoders.dense import CONFIG_NAME, DenseEncoder
 from densekd.index.passage_table import PassageEmbeddingTable
-from densekd.losses import InBatchScores, ScoreBatch, WeightedSum, build_loss, global_in_batch, group_scores
+from densekd.losses import (InBatchScores, ScoreBatch, WeightedSum, build_loss, gather_with_grad, global_in_batch,
+                            group_scores)
+from densekd.losses.batch import positive_repeats
 from densekd.losses.combine import TOTAL_KEY
 from densekd.training.checkpointing import TRAINING_ARGS_JSON, CheckpointTrainer  # noqa: F401 (re-exported)
 from densekd.training.collator import DistillCollator
@@ -170,7 +172,8 @@ class DistillTrainer(CheckpointTrainer):
             heads = model(query=inputs["query"], passage=passage, group_size=len(inputs["pids"][0]),
                           mask=inputs.get("mask"), in_batch=self.args.use_in_batch_negatives)
             components = self.loss_fn(head_score_batch(heads, inputs.get("teacher_scores"), inputs.get("mask"),
-                                                       inputs.get("weights"), inputs.get("label_mask")))
+                                                       inputs.get("weights"), inputs.get("label_mask"),
+                                                       _keys(inputs)))
             if model.training:
                 self._track_components(components)
             return (components[TOTAL_KEY], heads) if return_outputs else components[TOTAL_KEY]
@@ -195,7 +198,8 @@ class DistillTrainer(CheckpointTrainer):
         if self.args.use_in_batch_negatives:
             in_batch = global_in_batch(q, p, mask)                             # scores [B, N_global]
             extra = {"in_batch": in_batch.scores, "in_batch_offset": in_batch.offset,
-                     "in_batch_mask": in_batch.mask}
+                     "in_batch_mask": in_batch.mask,
+                     "in_batch_exclude": in_batch_repeats(_keys(inputs), in_batch.offset, group_size, True)}
         return ScoreBatch(student=group_scores(q, p, group_size), teacher=inputs.get("teacher_scores"),
                           weights=inputs.get("weights"), mask=mask, label_mask=inputs.get("label_mask"), **extra)
 
@@ -226,20 +230,48 @@ class DistillTrainer(CheckpointTrainer):
         return {f"loss_{n}": round(float(v), 4) for n, v in zip(names, means.tolist())}
 
 
+def _keys(inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor] | None:
+    """``(pid_keys[B, G], positive_keys[B, P])`` of a batch, or ``None`` when its collator gives none."""
+    keys, positives = inputs.get("pid_keys"), inputs.get("positive_keys")
+    return None if keys is None or positives is None else (keys, positives)
+
+
+def in_batch_repeats(keys: tuple[Tensor, Tensor] | None, offset: int, group_size: int,
+                     gathered: bool) -> Tensor | None:
+    """``[B, N]`` ``ScoreBatch.in_batch_exclude``: other groups' copies of each query's positives.
+
+    ``gathered`` columns come from every rank (:func:`global_in_batch`), so the keys are gathered the
+    same way (a collective: every rank calls this in lockstep, which holds because every batch of
+    :class:`DistillCollator` carries keys). ``None`` when the batch has no keys.
+    """
+    if keys is None:
+        return None
+    columns, positives = keys
+    columns = columns.reshape(-1)
+    if gathered:
+        columns = gather_with_grad(columns)  # int keys: no autograd, a plain all-gather
+    return positive_repeats(columns, positives.to(columns.device), offset, group_size)
+
+
 def head_score_batch(heads: Mapping[str, Any], teacher: Tensor | None, mask: Tensor | None,
-                     weights: Tensor | None = None, label_mask: Tensor | None = None) -> ScoreBatch:
+                     weights: Tensor | None = None, label_mask: Tensor | None = None,
+                     keys: tuple[Tensor, Tensor] | None = None) -> ScoreBatch:
     """One :class:`ScoreBatch` per head of ``compute_scores`` output: ``"dense"`` outside, others in ``heads``.
 
     ``teacher[B, G]``, ``mask[B, G]``, ``weights[B]`` and ``label_mask[B, G]`` apply to every head. ``f"{head}_in_batch"`` may
     be a local ``[B, B*G]`` tensor (mask derived from ``mask``) or the :class:`InBatchScores` of
-    :func:`global_in_batch` (gathered columns, offset and mask).
+    :func:`global_in_batch` (gathered columns, offset and mask). ``keys`` (the batch's ``pid_keys`` and
+    ``positive_keys``) mark each query's positives repeated in other groups (:func:`in_batch_repeats`).
     """
+    group_size = heads[PRIMARY_HEAD].shape[1] if PRIMARY_HEAD in heads else 0
+
     def one(name: str, **extra: Any) -> ScoreBatch:
         in_batch = heads.get(f"{name}_in_batch")
         if isinstance(in_batch, InBatchScores):
-            extra.update(in_batch=in_batch.scores, in_batch_offset=in_batch.offset, in_batch_mask=in_batch.mask)
+            extra.update(in_batch=in_batch.scores, in_batch_offset=in_batch.offset, in_batch_mask=in_batch.mask,
+                         in_batch_exclude=in_batch_repeats(keys, in_batch.offset, group_size, True))
         elif in_batch is not None:
-            extra.update(in_batch=in_batch)
+            extra.update(in_batch=in_batch, in_batch_exclude=in_batch_repeats(keys, 0, group_size, False))
         return ScoreBatch(student=heads[name], teacher=teacher, mask=mask, weights=weights, label_mask=label_mask,
                           **extra)
 
