@@ -3,6 +3,7 @@ gives the same gradients as one process computing the whole global batch."""
 
 from __future__ import annotations
 
+import gc
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,9 +14,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from densekd.losses import InfoNCE, ScoreBatch
-from densekd.losses.batch import positive_repeats
+from densekd.losses.batch import in_batch_repeats, positive_repeats
 from densekd.scores import gather_with_grad, global_in_batch, group_scores, in_batch_scores
-from densekd.training.trainer import in_batch_repeats
 
 WORLD, B_LOCAL, G, DIM = 2, 2, 3, 6
 
@@ -93,6 +93,11 @@ def _worker(rank: int, out_dir: str) -> None:
             },
             Path(out_dir) / f"rank{rank}.pt",
         )
+        # free the DDP reducer while the process group is still registered: freed after
+        # destroy_process_group, its last reference ran ~ProcessGroupGloo under the GIL while a gloo thread
+        # waited for the GIL (a teardown deadlock seen once in CI)
+        del model, q, p, loss, res
+        gc.collect()
         dist.barrier()  # both ranks are done with gloo before either tears it down
     finally:
         dist.destroy_process_group()

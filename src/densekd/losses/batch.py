@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from densekd.scores import gather_with_grad
+
 
 @dataclass
 class ScoreBatch:
@@ -261,3 +263,20 @@ def positive_repeats(column_keys: Tensor, positive_keys: Tensor, in_batch_offset
     col = torch.arange(n, device=hit.device)
     own = (col[None, :] >= start[:, None]) & (col[None, :] < start[:, None] + group_size)
     return hit & ~own
+
+
+def in_batch_repeats(keys: tuple[Tensor, Tensor] | None, offset: int, group_size: int,
+                     gathered: bool) -> Tensor | None:
+    """``[B, N]`` ``ScoreBatch.in_batch_exclude``: other groups' copies of each query's positives.
+
+    ``gathered`` columns come from every rank (:func:`densekd.scores.global_in_batch`), so the keys are gathered the
+    same way (a collective: every rank calls this in lockstep, which holds because every batch of
+    :class:`~densekd.training.collator.DistillCollator` carries keys). ``None`` when the batch has no keys.
+    """
+    if keys is None:
+        return None
+    columns, positives = keys
+    columns = columns.reshape(-1)
+    if gathered:
+        columns = gather_with_grad(columns)  # int keys: no autograd, a plain all-gather
+    return positive_repeats(columns, positives.to(columns.device), offset, group_size)

@@ -62,9 +62,8 @@ from torch import Tensor
 
 from densekd.encoders.dense import CONFIG_NAME, DenseEncoder
 from densekd.index.passage_table import PassageEmbeddingTable
-from densekd.losses import (InBatchScores, ScoreBatch, WeightedSum, build_loss, gather_with_grad, global_in_batch,
-                            group_scores)
-from densekd.losses.batch import positive_repeats
+from densekd.losses import InBatchScores, ScoreBatch, WeightedSum, build_loss, global_in_batch, group_scores
+from densekd.losses.batch import in_batch_repeats
 from densekd.losses.combine import TOTAL_KEY
 from densekd.training.checkpointing import TRAINING_ARGS_JSON, CheckpointTrainer  # noqa: F401 (re-exported)
 from densekd.training.collator import DistillCollator
@@ -234,23 +233,6 @@ def _keys(inputs: Mapping[str, Any]) -> tuple[Tensor, Tensor] | None:
     """``(pid_keys[B, G], positive_keys[B, P])`` of a batch, or ``None`` when its collator gives none."""
     keys, positives = inputs.get("pid_keys"), inputs.get("positive_keys")
     return None if keys is None or positives is None else (keys, positives)
-
-
-def in_batch_repeats(keys: tuple[Tensor, Tensor] | None, offset: int, group_size: int,
-                     gathered: bool) -> Tensor | None:
-    """``[B, N]`` ``ScoreBatch.in_batch_exclude``: other groups' copies of each query's positives.
-
-    ``gathered`` columns come from every rank (:func:`global_in_batch`), so the keys are gathered the
-    same way (a collective: every rank calls this in lockstep, which holds because every batch of
-    :class:`DistillCollator` carries keys). ``None`` when the batch has no keys.
-    """
-    if keys is None:
-        return None
-    columns, positives = keys
-    columns = columns.reshape(-1)
-    if gathered:
-        columns = gather_with_grad(columns)  # int keys: no autograd, a plain all-gather
-    return positive_repeats(columns, positives.to(columns.device), offset, group_size)
 
 
 def head_score_batch(heads: Mapping[str, Any], teacher: Tensor | None, mask: Tensor | None,
