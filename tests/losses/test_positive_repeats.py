@@ -80,3 +80,16 @@ def test_collator_keys_cover_every_labelled_positive():
     # query 0's second positive p2 is query 1's negative: a false negative for query 0 only
     marked = positive_repeats(batch["pid_keys"].reshape(-1), batch["positive_keys"], 0, 2)
     assert marked.tolist() == [[False, False, False, True], [False, False, False, False]]
+
+
+def test_every_score_head_of_a_multi_head_student_gets_the_exclusion():
+    from densekd.training.trainer import head_score_batch
+
+    keys = torch.tensor([[1, 2], [3, 1]])        # query 1's negative repeats query 0's positive
+    positives = torch.tensor([[1], [3]])
+    heads = {"dense": torch.zeros(2, 2), "dense_in_batch": torch.zeros(2, 4),
+             "colbert": torch.zeros(2, 2), "colbert_in_batch": torch.zeros(2, 4)}
+    batch = head_score_batch(heads, None, None, keys=(keys, positives))
+    expected = [[False, False, False, True], [False, False, False, False]]
+    assert batch.in_batch_exclude.tolist() == expected
+    assert batch.head("colbert").in_batch_exclude.tolist() == expected

@@ -10,7 +10,7 @@ Data contract
      "teacher_scores": Tensor | None,     # float32[B, G] raw teacher logits aligned with pids, or None
      "mask": Tensor,                      # bool[B, G]; False = a repeat of an earlier id in the same group
      "pids": list[list[str]],             # [B][G] candidate ids (query_only mode looks vectors up by these)
-     "pid_keys": Tensor,                  # int64[B, G] stable 63-bit hashes of pids (passage_keys)
+     "pid_keys": Tensor,                  # int64[B, G] stable 63-bit hashes of pids (passage_key)
      "positive_keys": Tensor,             # int64[B, P] hashes of each item's labelled positives ("positives";
                                           #   all of them, not just the sampled one), -1 = padding
      "label_mask": Tensor,                # bool[B, G]; only when some candidate has no label: False at
@@ -36,11 +36,10 @@ whole model into each worker).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import hashlib
 
 import torch
 
