@@ -182,7 +182,8 @@ class ScoreBatch:
         """``(group mask [B, G], in-batch mask [B, N] or [N])`` for label-based losses (``None`` = all real).
 
         ``mask`` with each query's own unlabelled candidates (``label_mask`` False) switched off; in the
-        in-batch matrix only the query's own group columns are affected. Raises ``ValueError`` when a
+        in-batch matrix those own-group columns, plus the ``in_batch_exclude`` columns (copies of the
+        query's positives in other groups). Raises ``ValueError`` when a
         query's column 0 is unlabelled (a label-free group): a label-based loss would learn the teacher's
         favourite as if it were a labelled positive.
 
@@ -222,7 +223,7 @@ class ScoreBatch:
     def in_batch_negatives(self) -> Tensor | None:
         """The mask of ``in_batch`` columns each query's softmax may use: ``[N]``, ``[B, N]`` or ``None``.
 
-        ``in_batch_mask`` (``[N]``) as it is when nothing is excluded; with ``in_batch_exclude`` a
+        ``in_batch_mask`` (``[N]``) as it is when ``in_batch_exclude`` is ``None``; otherwise a
         ``[B, N]`` mask that also drops each query's copies of its positives in other groups.
         """
         if self.in_batch is None or self.in_batch_exclude is None:
@@ -274,6 +275,11 @@ def in_batch_repeats(keys: tuple[Tensor, Tensor] | None, offset: int, group_size
     :class:`~densekd.training.collator.DistillCollator` carries keys). ``None`` when the batch has no keys.
     """
     if keys is None:
+        if gathered and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            # the other ranks may have keys and wait in the all-gather: fail here instead of hanging
+            raise ValueError("a distributed batch without pid_keys / positive_keys: use DistillCollator (or a "
+                             "collator that always adds both) so that every rank gathers the same keys")
         return None
     columns, positives = keys
     columns = columns.reshape(-1)

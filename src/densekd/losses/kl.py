@@ -10,7 +10,7 @@ outside the group, so a query tower can satisfy it while mapping every question 
 vector (seen in the reader -> retriever loop, where each group is the question's own retrieved top k);
 the in-batch form adds ``log sum_all exp(s / Ts) - log sum_group exp(s / Ts)``, which such a collapse
 makes large. Another query's copy of a shared passage counts as a negative there, as in DPR's
-in-batch negatives.
+in-batch negatives, unless it is one of the query's labelled positives (``ScoreBatch.in_batch_exclude``).
 """
 
 from __future__ import annotations

@@ -159,7 +159,7 @@ class DistillCollator:
             "positive_keys": positive_keys([item.get("positives") or [] for item in items]),
         }
         weights = _stack_weights(items)
-        if weights is not None:  # only then: batches without weights keep their exact old keys
+        if weights is not None:  # only then: batches without weights carry no "weights" key
             batch["weights"] = weights
         labelled = label_mask(pids)
         for i, item in enumerate(items):

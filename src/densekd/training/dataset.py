@@ -9,6 +9,7 @@ Data contract
      "pids": list[str],                   # G ids, the positive first
      "passages": list[str],               # G texts aligned with pids (Passage.full_text() or extra text)
      "teacher_scores": list[float] | None,  # G raw teacher logits aligned with pids, or None
+     "positives": list[str],              # every labelled positive id of the group ([] when label-free)
      "labelled": False}                   # only for a label-free group: pids[0] is no positive
 
 Texts are looked up at ``__getitem__`` time: the dataset holds references to the caller's ``queries``
@@ -239,7 +240,7 @@ class TrainGroupDataset(Dataset):
             # negative of this query (losses.batch.positive_repeats)
             "positives": list(group.pos_ids),
         }
-        if not group.labelled:  # only then: labelled items keep their exact old keys
+        if not group.labelled:  # only then: labelled items carry no "labelled" key
             if not self.allow_label_free:
                 raise ValueError(f"group {idx} (query {group.qid!r}) has no positive ({LABEL_FREE_REFUSED})")
             item["labelled"] = False

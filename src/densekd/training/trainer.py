@@ -5,13 +5,15 @@ Data contract
 * ``model``: a :class:`~densekd.encoders.dense.DenseEncoder`; ``args``: a
   :class:`~densekd.training.config.DistillConfig`; batches come from
   :class:`~densekd.training.collator.DistillCollator` (``query``, ``passage``, ``teacher_scores``,
-  ``mask``, ``pids``); ``loss_fn`` is a :class:`densekd.losses.WeightedSum` (default:
+  ``mask``, ``pids``, ``pid_keys``, ``positive_keys``); ``loss_fn`` is a :class:`densekd.losses.WeightedSum` (default:
   ``build_loss(args.loss)``) returning weighted components plus their total under ``"loss"``.
 * Scores handed to the losses (:class:`densekd.losses.ScoreBatch`): ``student[B, G]`` = each query
   against its own group; with ``use_in_batch_negatives`` also ``in_batch[B, N]`` against every passage
-  of the global batch (gathered across DDP ranks by :func:`densekd.losses.global_in_batch`, the one
-  place that talks to ``torch.distributed``); ``teacher[B, G]`` raw logits; ``mask[B, G]``; and
-  ``weights[B]`` when the batch carries instance weights (e.g. self-paced weight mode).
+  of the global batch (gathered across DDP ranks by :func:`densekd.losses.global_in_batch`) and
+  ``in_batch_exclude[B, N]``, each query's labelled positives repeated in other groups (their keys
+  gathered by :func:`densekd.losses.batch.in_batch_repeats`; these two are the only collectives of a
+  loss step); ``teacher[B, G]`` raw logits; ``mask[B, G]``; and ``weights[B]`` when the batch carries
+  instance weights (e.g. self-paced weight mode).
 * Saving: every checkpoint and ``save_model`` folder is a :meth:`DenseEncoder.save_pretrained` folder
   (safetensors) plus ``training_args.json``; never a pickled model. Resuming and
   ``load_best_model_at_end`` load it strictly through the model class's ``from_pretrained``
