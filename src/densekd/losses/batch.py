@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from densekd.scores import gather_with_grad
+from densekd.scores import gather_with_grad, world_size
 
 
 @dataclass
@@ -236,7 +236,6 @@ class ScoreBatch:
         return self.in_batch_offset + rows * self.group_size
 
 
-
 def positive_repeats(column_keys: Tensor, positive_keys: Tensor, in_batch_offset: int, group_size: int) -> Tensor:
     """``[B, N]`` bool: the in-batch columns outside query ``i``'s own group that hold one of its positives.
 
@@ -275,8 +274,7 @@ def in_batch_repeats(keys: tuple[Tensor, Tensor] | None, offset: int, group_size
     :class:`~densekd.training.collator.DistillCollator` carries keys). ``None`` when the batch has no keys.
     """
     if keys is None:
-        if gathered and torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
+        if gathered and world_size() > 1:
             # the other ranks may have keys and wait in the all-gather: fail here instead of hanging
             raise ValueError("a distributed batch without pid_keys / positive_keys: use DistillCollator (or a "
                              "collator that always adds both) so that every rank gathers the same keys")

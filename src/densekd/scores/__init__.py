@@ -9,7 +9,7 @@ Every score is raw (a logit before any temperature or softmax). Imports only :mo
 from __future__ import annotations
 
 from densekd.scores.dense import group_scores, in_batch_scores
-from densekd.scores.distributed import InBatchScores, gather_with_grad, global_in_batch
+from densekd.scores.distributed import InBatchScores, gather_with_grad, global_in_batch, world_size
 from densekd.scores.maxsim import maxsim, maxsim_grouped, maxsim_ragged, stack_ragged
 from densekd.scores.normalize import zscore
 
@@ -23,5 +23,6 @@ __all__ = [
     "maxsim_grouped",
     "maxsim_ragged",
     "stack_ragged",
+    "world_size",
     "zscore",
 ]

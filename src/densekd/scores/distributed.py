@@ -34,7 +34,7 @@ from torch import Tensor
 
 from densekd.scores.dense import in_batch_scores
 
-__all__ = ["InBatchScores", "gather_with_grad", "global_in_batch"]
+__all__ = ["InBatchScores", "gather_with_grad", "global_in_batch", "world_size"]
 
 
 def _world() -> tuple[int, int]:
@@ -42,6 +42,11 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
+
+
+def world_size() -> int:
+    """Processes in the default group (``1`` when none is initialised)."""
+    return _world()[0]
 
 
 def _gather_sizes(rows: int, device: torch.device, world: int) -> list[int]:
