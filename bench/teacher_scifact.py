@@ -108,7 +108,7 @@ def main() -> None:
         signals[split]["label_dense"], speed["label_dense"] = timed_scores(ctx, cands[split], "label_dense",
                                                                            store=store, label_dense=ld)
         for k, seed in enumerate(cfg.teacher.label_dense.seeds):  # single members (dev only needs these)
-            one = LabelDense(ld.fold_of, [[m[k]] for m in ld.fold_models], [ld.full_models[k]])
+            one = LabelDense(ld.fold_of, [[m[k]] for m in ld.fold_models], [ld.full_models[k]], store=ld.store)
             signals[split][f"label_dense_seed{seed}"] = one.scores(store, {q: ctx.queries[q].text for q in cands[split]},
                                                                    cands[split])
 

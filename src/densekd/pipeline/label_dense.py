@@ -20,6 +20,8 @@ Contract
   ``cache_dir/label_dense/<key>/<member>/``, resumable like any student).
 * :meth:`LabelDense.scores` -> :data:`~densekd.data.types.Run`: the mean over seeds of the members'
   cosines ``q . p`` for each query's candidates (raw scores; fusion z-normalises them per query).
+* With ``teacher.label_dense.passage_max_length`` unlike the student's, the members read their own
+  corpus vectors at that length (:attr:`LabelDense.store`), whatever store the caller passes.
 """
 
 from __future__ import annotations
@@ -74,12 +76,16 @@ class LabelDense:
         Member folders (one per seed) trained on every training query.
     train_seconds
         Training time of all members together (as measured when each was trained; cached ones too).
+    store
+        The members' own frozen corpus vectors when they read passages at another length than the
+        student (``None``: they share the caller's store).
     """
 
     fold_of: dict[str, int]
     fold_models: list[list[Path]]
     full_models: list[Path]
     train_seconds: float = 0.0
+    store: Any = None
 
     def encoder(self, folder: Path) -> Any:
         """The member in ``folder``, loaded once (scoring one query at a time stays cheap)."""
@@ -95,8 +101,10 @@ class LabelDense:
         that never saw it, any other query by the members trained on all training queries.
 
         ``store`` holds the frozen passage vectors every member shares (``.embeddings[N, D]`` with
-        ``.ids`` or ``.row_of``; rows for ADAM dark examples too when they are candidates).
+        ``.ids`` or ``.row_of``; rows for ADAM dark examples too when they are candidates); ignored
+        when the members have their own (:attr:`store`).
         """
+        store = self.store if self.store is not None else store
         by_members: dict[int, dict[str, Sequence[str]]] = {}
         for qid, cands in candidates.items():
             by_members.setdefault(self.fold_of.get(qid, -1), {})[qid] = cands
@@ -110,7 +118,8 @@ class LabelDense:
 
 
 def member_student(student: Any, section: Any, seed: int, n_queries: int) -> Any:
-    """The student section of one labels-only member: InfoNCE, ``query_only``, the member's seed.
+    """The student section of one labels-only member: InfoNCE, ``query_only``, the member's seed and
+    passage length.
 
     The batch holds at most the member's ``n_queries`` (a small fold would otherwise make no step).
     """
@@ -118,6 +127,7 @@ def member_student(student: Any, section: Any, seed: int, n_queries: int) -> Any
         student, train_mode="query_only", architecture="dense", loss={"contrastive": {"temperature": section.temperature}},
         batch_size=max(1, min(student.batch_size, n_queries)),
         epochs=section.epochs, max_steps=-1, learning_rate=section.learning_rate, seed=seed, eval_steps=0,
+        passage_max_length=section.passage_max_length or student.passage_max_length,
         dark_examples=dataclasses.replace(student.dark_examples, enabled=False),
         self_paced=dataclasses.replace(student.self_paced, enabled=False))
 
@@ -126,11 +136,16 @@ def train_label_dense(ctx: steps.Context, groups: list[TrainGroup], store: Any) 
     """Train (or reuse) every member: ``folds x seeds`` out-of-fold ones and ``seeds`` on all queries.
 
     Members read labels only (each group's positives and mined negatives; no teacher scores), so
-    the cache key is the groups' ids, the member settings and the frozen passage vectors.
+    the cache key is the groups' ids, the member settings and the frozen passage vectors: ``store``,
+    or the members' own corpus vectors when ``passage_max_length`` differs from the student's.
     """
     from densekd.mining.pseudo_queries import PREFIX
 
     section = ctx.cfg.teacher.label_dense
+    own_store = None
+    if section.passage_max_length not in (None, ctx.cfg.student.passage_max_length):
+        own_store = store = steps.corpus_embeddings(ctx, ctx.cfg.student.model, section.passage_max_length,
+                                                    "label-dense")
     # members learn from judged queries only: self-supervised ones are scored like any unseen query
     groups = [g for g in groups if not g.qid.startswith(PREFIX)]
     fold_of = assign_folds([g.qid for g in groups], section.folds, section.fold_seed)
@@ -139,8 +154,9 @@ def train_label_dense(ctx: steps.Context, groups: list[TrainGroup], store: Any) 
         raise ValueError(f"teacher.label_dense.folds={section.folds}: {len(groups)} training queries leave a "
                          f"fold empty (fold sizes {sizes}); use fewer folds or more training queries")
     labels = [[g.qid, g.pos_ids, g.neg_ids] for g in groups]
-    # members are keyed without the seed list: a run with seeds [0] reuses a [0, 1, 2] run's seed-0 members
-    settings = {k: v for k, v in dataclasses.asdict(section).items() if k != "seeds"}
+    # members are keyed without the seed list: a run with seeds [0] reuses a [0, 1, 2] run's seed-0 members;
+    # their passage length is in the store's fingerprint
+    settings = {k: v for k, v in dataclasses.asdict(section).items() if k not in ("seeds", "passage_max_length")}
     root = ctx.cache / "label_dense" / cache_key("label-dense-v1", labels, settings, store.fingerprint)
     start = time.perf_counter()
     cached: list[bool] = []
@@ -160,4 +176,4 @@ def train_label_dense(ctx: steps.Context, groups: list[TrainGroup], store: Any) 
                     for s in section.seeds] for f in range(section.folds)]
     full_models = [member(f"all-seed{s}", groups, s) for s in section.seeds]
     ctx.record("teacher:label-dense", start, all(cached))
-    return LabelDense(fold_of, fold_models, full_models, round(sum(seconds), 1))
+    return LabelDense(fold_of, fold_models, full_models, round(sum(seconds), 1), own_store)
