@@ -184,3 +184,41 @@ def test_scifact_adam_config_shares_the_kd_data_and_cache():
         == {k: v for k, v in dataclasses.asdict(kd.student).items() if k not in ("dark_examples", "self_paced")}
     assert adam.student.dark_examples.enabled and not adam.student.self_paced.enabled
     assert adam.output_dir != kd.output_dir
+
+
+def test_members_at_their_own_length_score_dark_examples_at_it(tmp_path, toy_beir_dir, tiny_bert_path):
+    """teacher.label_dense.passage_max_length with dark examples: the members score every candidate, dark
+    texts included, from vectors at *their* length (not the student's 32 tokens)."""
+    import numpy as np
+
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.pipeline import steps
+    from densekd.pipeline.candidates import mined_groups
+    from densekd.pipeline.label_dense import train_label_dense
+    from densekd.pipeline.run import fused_groups
+
+    path = _config(tmp_path, toy_beir_dir, tiny_bert_path, train_mode="query_only", **ADAM)
+    cfg = load_config(path, ["teacher.fusion={label_dense: 1.0}", "teacher.positive_margin=0",
+                             "teacher.label_dense={folds: 2, fold_seed: 1, seeds: [0], epochs: 1, passage_max_length: 6}"],
+                      PipelineConfig)
+    m = mined_groups(cfg)
+    ld = train_label_dense(m.ctx, m.groups, m.store)
+    dark = steps.dark_examples(m.ctx, m.groups, m.groups, m.mined_key, None)
+    fused, _ = fused_groups(m.ctx, dark, m.base_encoder, m.store, ld)
+    short = DenseEncoder.from_pretrained(tiny_bert_path, passage_max_length=6)
+    checked = 0
+    for g in fused:
+        darks = [pid for pid in g.neg_ids if pid in (g.extra_passages or {})]
+        if len(darks) < 2:
+            continue
+        member = ld.encoder(ld.fold_models[ld.fold_of[g.qid]][0])
+        q = member.encode_queries([m.ctx.queries[g.qid].text])[0]
+        p = short.encode_passages([g.extra_passages[d] for d in darks], batch_size=4, show_progress=False)
+        own = dict(zip(darks, (p @ q).tolist()))
+        # one member: the fused signal is its per-query z-score, so it orders the dark texts as the member does
+        for a in darks:
+            for b in darks:
+                if own[a] > own[b] + 1e-4:
+                    assert g.teacher_scores[a] > g.teacher_scores[b], (g.qid, a, b)
+                    checked += 1
+    assert checked > 0

@@ -260,3 +260,34 @@ def test_passage_token_states_follow_the_weights_not_the_folder(tmp_path, toy_be
     assert after[0] != before[0] and not np.allclose(after[1], before[1])
     assert states(ctx, tmp_path / "student")[0] == after[0]
     assert ctx.timings["token-states:student"]["cached"] is True
+
+
+def test_label_dense_members_read_passages_at_their_own_length(tmp_path, toy_beir_dir, tiny_bert_path):
+    """teacher.label_dense.passage_max_length: the members train on and score with corpus vectors at
+    their length, whatever store the caller passes; at the student's length they share its store."""
+    import numpy as np
+
+    from densekd.cli.config import load_config
+    from densekd.pipeline.candidates import mined_groups
+    from densekd.pipeline.config import PipelineConfig
+    from densekd.pipeline import steps
+    from densekd.pipeline.label_dense import train_label_dense
+    from densekd.pipeline.teacher_signal import dense_signal
+
+    cfg_path = _config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"label_dense": 1.0})
+    member = "teacher.label_dense={folds: 2, fold_seed: 1, seeds: [0], epochs: 1, passage_max_length: 6}"
+    cfg = load_config(cfg_path, [member], PipelineConfig)
+    m = mined_groups(cfg)
+    ld = train_label_dense(m.ctx, m.groups, m.store)
+    assert ld.store is not None and ld.store.fingerprint != m.store.fingerprint
+    assert not np.allclose(ld.store.embeddings, m.store.embeddings)  # 6 tokens of each passage, not 32
+    texts = {"new": "aspirin and heart attacks", "other": "vitamin c and colds"}  # no training query: full members
+    cands = {q: list(m.store.ids[:3]) for q in texts}
+    got = ld.scores(m.store, texts, cands)
+    own = dense_signal(ld.encoder(ld.full_models[0]), ld.store, texts, cands)
+    for q in texts:
+        np.testing.assert_allclose([got[q][p] for p in cands[q]], [own[q][p] for p in cands[q]], rtol=1e-5)
+
+    same = load_config(cfg_path, [member.replace("6}", "32}")], PipelineConfig)
+    assert train_label_dense(steps.load_context(same), m.groups, m.store).store is None
+

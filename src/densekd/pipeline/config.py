@@ -96,7 +96,7 @@ class LabelDenseSection:
         Tokens of each passage the members' frozen corpus vectors read (``null`` = the student's
         ``passage_max_length``). The teacher may read more than the student it teaches: SciFact abstracts
         run past 128 tokens, so members at 256 see text a 128-token student never does (one extra corpus
-        encoding, cached). Not with ADAM dark examples (those are encoded at the student's length).
+        encoding, cached; ADAM dark examples are encoded at this length for them too).
     """
 
     folds: int = 2
@@ -397,9 +397,3 @@ class PipelineConfig:
                 and self.student.dark_examples.enabled):
             raise ValueError("student.architecture=ernie with train_mode=query_only reads passage token states from "
                              "the corpus cache, which has no dark examples: use train_mode=full")
-        member_length = self.teacher.label_dense.passage_max_length
-        if (member_length not in (None, self.student.passage_max_length) and self.student.dark_examples.enabled
-                and "label_dense" in self.teacher.uses):
-            raise ValueError(f"teacher.label_dense.passage_max_length={member_length} differs from "
-                             f"student.passage_max_length={self.student.passage_max_length}, but dark examples "
-                             "are encoded at the student's length only: drop one of the two")

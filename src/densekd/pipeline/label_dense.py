@@ -21,7 +21,8 @@ Contract
 * :meth:`LabelDense.scores` -> :data:`~densekd.data.types.Run`: the mean over seeds of the members'
   cosines ``q . p`` for each query's candidates (raw scores; fusion z-normalises them per query).
 * With ``teacher.label_dense.passage_max_length`` unlike the student's, the members read their own
-  corpus vectors at that length (:attr:`LabelDense.store`), whatever store the caller passes.
+  corpus vectors at that length (:attr:`LabelDense.store`; with ADAM dark examples added by
+  :func:`~densekd.pipeline.run.fused_groups`), whatever store the caller passes.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ part of the cache key; the checkpoints are deleted once the step is complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -113,13 +114,17 @@ def fused_groups(ctx: steps.Context, scored: list[TrainGroup], base_encoder: Any
     ``scored``: the mined groups, with cross-encoder logits when the fusion weighs one, and ADAM dark
     examples (``extra_passages``) when configured. Returns the groups with fused ``teacher_scores`` and
     the passage vectors of a ``query_only`` student (the zero-shot corpus vectors, plus the dark
-    examples' frozen vectors when there are any; ``zero_shot_store`` in full mode).
+    examples' frozen vectors when there are any; ``zero_shot_store`` in full mode). Members that read
+    passages at their own length score dark examples from vectors at that length.
     """
     cfg = ctx.cfg
     frozen = zero_shot_store
     if cfg.student.train_mode == "query_only" or cfg.teacher.uses & {"dense", "label_dense"}:
         # dark examples need frozen vectors too: to train against, and for the dense members to score them
         frozen = steps.query_only_table(ctx, scored, zero_shot_store, cfg.student.model, cfg.student.passage_max_length)
+    if label_dense is not None and label_dense.store is not None:  # members at their own passage length
+        label_dense = dataclasses.replace(label_dense, store=steps.query_only_table(
+            ctx, scored, label_dense.store, cfg.student.model, cfg.teacher.label_dense.passage_max_length))
     fused = steps.fuse_groups(ctx, scored, base_encoder, frozen, label_dense)
     return fused, frozen if cfg.student.train_mode == "query_only" else zero_shot_store
 
