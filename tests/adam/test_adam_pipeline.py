@@ -189,8 +189,6 @@ def test_scifact_adam_config_shares_the_kd_data_and_cache():
 def test_members_at_their_own_length_score_dark_examples_at_it(tmp_path, toy_beir_dir, tiny_bert_path):
     """teacher.label_dense.passage_max_length with dark examples: the members score every candidate, dark
     texts included, from vectors at *their* length (not the student's 32 tokens)."""
-    import numpy as np
-
     from densekd.encoders.dense import DenseEncoder
     from densekd.pipeline import steps
     from densekd.pipeline.candidates import mined_groups
