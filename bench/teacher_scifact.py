@@ -61,6 +61,8 @@ def parse_args() -> argparse.Namespace:
     add_pipeline_args(ap, "scifact-kd.yaml", "scifact", "bench-teacher-scifact")
     ap.add_argument("--with-cross-encoder", action="store_true", help="train and score the config's cross-encoder")
     ap.add_argument("--smoke", action="store_true", help="tiny data and settings, /tmp caches, bench/results/smoke/")
+    ap.add_argument("--name", default=NAME, help="results file stem under bench/results (a variant's run leaves "
+                    "the main results as they are)")
     return ap.parse_args()
 
 
@@ -143,7 +145,7 @@ def main() -> None:
     fused = [n for n in rows if "+" in n and "label_dense" in n]
     best = max(fused, key=lambda n: rows[n]["train_oof_ndcg@10"])  # chosen on training queries, not dev
     students = [evaluate(steps.dense_run(DenseEncoder.from_pretrained(member), store, ctx), ctx.eval_qrels,
-                         ["ndcg@10", "recall@100"]) for member in ld.full_models]
+                         ["ndcg@10", "recall@100"]) for member in labels_only_members(ctx, groups, store, ld)]
     labels_only = {"ndcg@10_mean": float(np.mean([s["ndcg@10"] for s in students])),
                    "ndcg@10_std": float(np.std([s["ndcg@10"] for s in students])),
                    "recall@100_mean": float(np.mean([s["recall@100"] for s in students])),
@@ -156,9 +158,20 @@ def main() -> None:
                            "mining": dataclasses.asdict(cfg.mining), "passage_max_length": cfg.student.passage_max_length},
               "wall_seconds": round(time.perf_counter() - began, 1), "provenance": provenance()}
     out = RESULTS / "smoke" if args.smoke else RESULTS
-    write_results(NAME, result, markdown(result), out)
-    plot(result, out / f"{NAME}.png")
+    write_results(args.name, result, markdown(result, args.name), out)
+    plot(result, out / f"{args.name}.png")
     print(markdown(result))
+
+
+def labels_only_members(ctx: Any, groups: list, store: Any, ld: LabelDense) -> list[Path]:
+    """The labels-only student of the reference row: the members on all training queries, at the
+    student's passage length (the teacher's members may read longer passages; then the student-length
+    ones are trained, or reused from the cache, beside them)."""
+    if ld.store is None:
+        return ld.full_models
+    section = dataclasses.replace(ctx.cfg.teacher.label_dense, passage_max_length=None)
+    cfg = dataclasses.replace(ctx.cfg, teacher=dataclasses.replace(ctx.cfg.teacher, label_dense=section))
+    return train_label_dense(dataclasses.replace(ctx, cfg=cfg), groups, store).full_models
 
 
 def cross_encoder_rows(ctx: Any, groups: list, mined_key: str, eval_run: dict, first: list, cands: dict,
@@ -188,7 +201,7 @@ def cross_encoder_rows(ctx: Any, groups: list, mined_key: str, eval_run: dict, f
     return rows
 
 
-def markdown(r: dict[str, Any]) -> str:
+def markdown(r: dict[str, Any], name: str = NAME) -> str:
     lo = r["labels_only_student"]
     table = [[n, v["ndcg@10"], v["recall@100"], v["train_oof_ndcg@10"] if v["train_oof_ndcg@10"] is not None else "",
               v["train_minutes"] if v["train_minutes"] is not None else "(cached)", v["pairs_per_s"] or "-"]
@@ -200,12 +213,13 @@ def markdown(r: dict[str, Any]) -> str:
             f"weight is chosen on out-of-fold *training* nDCG@10 (column 4), never on dev.\n\n"
             + markdown_table(["teacher", "dev nDCG@10", "dev R@100", "train OOF nDCG@10", "train min",
                               "pairs/s"], table)
-            + f"\nLabels-only student (the members as retrievers, seeds {lo['seeds']}): nDCG@10 "
+            + f"\nLabels-only student (members trained on all training queries at the student's passage length "
+              f"{s['passage_max_length']}, seeds {lo['seeds']}): nDCG@10 "
               f"{lo['ndcg@10_mean']:.3f} ± {lo['ndcg@10_std']:.3f}, R@100 {lo['recall@100_mean']:.3f}.\n\n"
               f"Best teacher (by training OOF): **{r['best_teacher']}**, dev nDCG@10 "
               f"{r['teachers'][r['best_teacher']]['ndcg@10']:.3f} = labels-only + "
               f"{r['best_margin_over_labels_only']:+.3f}.\n\nTotal wall time {r['wall_seconds']:.0f} s.\n\n"
-              f"![plot]({NAME}.png)\n")
+              f"![plot]({name}.png)\n")
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
