@@ -161,7 +161,11 @@ def system_runs(ctx: steps.Context, eval_run: Run, base_encoder: Any, zero_shot_
     runs = {"bm25": eval_run, "zero-shot dense": steps.dense_run(base_encoder, zero_shot_store, ctx)}
     if label_dense is not None:  # the labels-only reference: a teacher member trained on every training query
         member = DenseEncoder.from_pretrained(label_dense.full_models[0])
-        runs["labels-only student (teacher member, InfoNCE, query-side)"] = steps.dense_run(member, zero_shot_store, ctx)
+        # a member reads its own passage vectors when its length is not the student's
+        own = label_dense.store if label_dense.store is not None else zero_shot_store
+        length = ctx.cfg.teacher.label_dense.passage_max_length or ctx.cfg.student.passage_max_length
+        runs[f"labels-only student (teacher member, InfoNCE, query-side, passages {length})"] = \
+            steps.dense_run(member, own, ctx)
     if "cross_encoder" in teacher_runs:
         runs[f"cross-encoder rerank (top {cfg.teacher.rerank_depth})"] = teacher_runs["cross_encoder"]
     fusion = " + ".join(f"{w:g} {n}" for n, w in cfg.teacher.fusion.items() if w > 0)
