@@ -291,3 +291,29 @@ def test_label_dense_members_read_passages_at_their_own_length(tmp_path, toy_bei
     same = load_config(cfg_path, [member.replace("6}", "32}")], PipelineConfig)
     assert train_label_dense(steps.load_context(same), m.groups, m.store).store is None
 
+
+
+def test_the_labels_only_row_of_members_at_their_own_length(tmp_path, toy_beir_dir, tiny_bert_path):
+    """The report's labels-only member row is that member searching its own passage vectors (it once
+    searched the student's, of another length, with a query tower trained for the member's)."""
+    import yaml as _yaml
+
+    from densekd.cli.config import load_config
+    from densekd.encoders.dense import DenseEncoder
+    from densekd.eval.metrics import evaluate
+    from densekd.pipeline import steps
+    from densekd.pipeline.candidates import mined_groups
+    from densekd.pipeline.config import PipelineConfig
+    from densekd.pipeline.label_dense import train_label_dense
+
+    cfg_path = _config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"label_dense": 1.0, "bm25": 0.5})
+    raw = _yaml.safe_load(cfg_path.read_text())
+    raw["teacher"]["label_dense"] = {"folds": 2, "fold_seed": 1, "seeds": [0], "epochs": 1, "passage_max_length": 6}
+    cfg_path.write_text(_yaml.safe_dump(raw))
+    assert main(["run", str(cfg_path)]) == 0
+    rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["rows"]
+    name = "labels-only student (teacher member, InfoNCE, query-side, passages 6)"
+    m = mined_groups(load_config(cfg_path, [], PipelineConfig))
+    ld = train_label_dense(m.ctx, m.groups, m.store)  # cached: the run's members
+    member = DenseEncoder.from_pretrained(ld.full_models[0])
+    assert rows[name] == evaluate(steps.dense_run(member, ld.store, m.ctx), m.ctx.eval_qrels, steps.METRICS)
