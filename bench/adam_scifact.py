@@ -13,7 +13,7 @@ the strongest teacher this machine has, ``bench/teacher_scifact.py``) into the s
 student, same data, steps, batch, learning rate and seeds. Rows:
 
 * ``labels_only``: InfoNCE on the judged positives and the mined negatives, no teacher score read.
-* ``kd``: KL to the teacher over {positive, 7 hard negatives} + 1.0 InfoNCE (the scifact-kd recipe).
+* ``kd``: KL to the teacher over {positive, 31 hard negatives} + in-batch, + 1.0 InfoNCE (the scifact-kd recipe).
 * ``mixup`` / ``masking`` / ``dark_both``: the same plus the query's mix-up dark examples (a hard
   negative with spans of the positive), masked-positive dark examples, or both, in every candidate list,
   scored by every teacher member (BM25 with the corpus statistics, the dense members from frozen vectors).
