@@ -97,6 +97,10 @@ class LabelDense:
             cache[folder] = DenseEncoder.from_pretrained(folder)
         return cache[folder]
 
+    def vectors(self, store: Any) -> Any:
+        """The passage vectors the members read: their own (:attr:`store`) when they have them, else ``store``."""
+        return self.store if self.store is not None else store
+
     def scores(self, store: Any, texts: Mapping[str, str], candidates: Mapping[str, Sequence[str]]) -> Run:
         """Mean cosine over seeds of each query's candidates; a training query is scored by the members
         that never saw it, any other query by the members trained on all training queries.
@@ -105,7 +109,7 @@ class LabelDense:
         ``.ids`` or ``.row_of``; rows for ADAM dark examples too when they are candidates); ignored
         when the members have their own (:attr:`store`).
         """
-        store = self.store if self.store is not None else store
+        store = self.vectors(store)
         by_members: dict[int, dict[str, Sequence[str]]] = {}
         for qid, cands in candidates.items():
             by_members.setdefault(self.fold_of.get(qid, -1), {})[qid] = cands
@@ -118,6 +122,11 @@ class LabelDense:
         return out
 
 
+def member_length(section: Any, student: Any) -> int:
+    """Tokens of each passage the members read: ``section.passage_max_length``, else the student's."""
+    return section.passage_max_length or student.passage_max_length
+
+
 def member_student(student: Any, section: Any, seed: int, n_queries: int) -> Any:
     """The student section of one labels-only member: InfoNCE, ``query_only``, the member's seed and
     passage length.
@@ -128,7 +137,7 @@ def member_student(student: Any, section: Any, seed: int, n_queries: int) -> Any
         student, train_mode="query_only", architecture="dense", loss={"contrastive": {"temperature": section.temperature}},
         batch_size=max(1, min(student.batch_size, n_queries)),
         epochs=section.epochs, max_steps=-1, learning_rate=section.learning_rate, seed=seed, eval_steps=0,
-        passage_max_length=section.passage_max_length or student.passage_max_length,
+        passage_max_length=member_length(section, student),
         dark_examples=dataclasses.replace(student.dark_examples, enabled=False),
         self_paced=dataclasses.replace(student.self_paced, enabled=False))
 
@@ -144,9 +153,9 @@ def train_label_dense(ctx: steps.Context, groups: list[TrainGroup], store: Any) 
 
     section = ctx.cfg.teacher.label_dense
     own_store = None
-    if section.passage_max_length not in (None, ctx.cfg.student.passage_max_length):
-        own_store = store = steps.corpus_embeddings(ctx, ctx.cfg.student.model, section.passage_max_length,
-                                                    "label-dense")
+    length = member_length(section, ctx.cfg.student)
+    if length != ctx.cfg.student.passage_max_length:
+        own_store = store = steps.corpus_embeddings(ctx, ctx.cfg.student.model, length, "label-dense")
     # members learn from judged queries only: self-supervised ones are scored like any unseen query
     groups = [g for g in groups if not g.qid.startswith(PREFIX)]
     fold_of = assign_folds([g.qid for g in groups], section.folds, section.fold_seed)

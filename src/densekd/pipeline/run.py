@@ -40,6 +40,7 @@ from densekd.eval.metrics import evaluate
 from densekd.losses.combine import loss_kinds
 from densekd.pipeline import report, steps
 from densekd.pipeline.config import PipelineConfig
+from densekd.pipeline.label_dense import member_length
 from densekd.pipeline.student import (  # noqa: F401 (train_student re-exported for the benches)
     _student_settings,
     student_dev_run,
@@ -124,7 +125,7 @@ def fused_groups(ctx: steps.Context, scored: list[TrainGroup], base_encoder: Any
         frozen = steps.query_only_table(ctx, scored, zero_shot_store, cfg.student.model, cfg.student.passage_max_length)
     if label_dense is not None and label_dense.store is not None:  # members at their own passage length
         label_dense = dataclasses.replace(label_dense, store=steps.query_only_table(
-            ctx, scored, label_dense.store, cfg.student.model, cfg.teacher.label_dense.passage_max_length))
+            ctx, scored, label_dense.store, cfg.student.model, member_length(cfg.teacher.label_dense, cfg.student)))
     fused = steps.fuse_groups(ctx, scored, base_encoder, frozen, label_dense)
     return fused, frozen if cfg.student.train_mode == "query_only" else zero_shot_store
 
@@ -161,11 +162,9 @@ def system_runs(ctx: steps.Context, eval_run: Run, base_encoder: Any, zero_shot_
     runs = {"bm25": eval_run, "zero-shot dense": steps.dense_run(base_encoder, zero_shot_store, ctx)}
     if label_dense is not None:  # the labels-only reference: a teacher member trained on every training query
         member = DenseEncoder.from_pretrained(label_dense.full_models[0])
-        # a member reads its own passage vectors when its length is not the student's
-        own = label_dense.store if label_dense.store is not None else zero_shot_store
-        length = ctx.cfg.teacher.label_dense.passage_max_length or ctx.cfg.student.passage_max_length
+        length = member_length(ctx.cfg.teacher.label_dense, ctx.cfg.student)
         runs[f"labels-only student (teacher member, InfoNCE, query-side, passages {length})"] = \
-            steps.dense_run(member, own, ctx)
+            steps.dense_run(member, label_dense.vectors(zero_shot_store), ctx)
     if "cross_encoder" in teacher_runs:
         runs[f"cross-encoder rerank (top {cfg.teacher.rerank_depth})"] = teacher_runs["cross_encoder"]
     fusion = " + ".join(f"{w:g} {n}" for n, w in cfg.teacher.fusion.items() if w > 0)
