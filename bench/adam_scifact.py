@@ -141,7 +141,6 @@ def score_distributions(cfg: PipelineConfig) -> dict[str, list[float]]:
     of the config's training groups, from the pipeline's cached steps (the fused signal the students read)."""
     from densekd.pipeline import steps
     from densekd.pipeline.candidates import mined_groups
-    from densekd.pipeline.label_dense import train_label_dense
     from densekd.pipeline.run import fused_groups
 
     m = mined_groups(cfg)
@@ -149,7 +148,7 @@ def score_distributions(cfg: PipelineConfig) -> dict[str, list[float]]:
     scorer = steps.teacher(m.ctx, m.groups, m.mined_key) if "cross_encoder" in uses else None
     scored = steps.annotate_groups(m.ctx, m.groups, m.mined_key, scorer) if scorer is not None else m.groups
     dark = steps.dark_examples(m.ctx, m.groups, scored, m.mined_key, scorer)
-    label_dense = train_label_dense(m.ctx, m.groups, m.store) if "label_dense" in uses else None
+    label_dense = m.members() if "label_dense" in uses else None
     groups, _ = fused_groups(m.ctx, dark, m.base_encoder, m.store, label_dense)
     dist: dict[str, list[float]] = {"positives": [], "hard negatives": [], "mix-up dark": [], "masked dark": []}
     names = {"mined": "hard negatives", "mix": "mix-up dark", "mask": "masked dark"}

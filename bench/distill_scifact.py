@@ -98,12 +98,11 @@ def latency(cfg: PipelineConfig, model_dir: Path, n: int) -> dict[str, float]:
     from densekd.index.bm25 import BM25Index
     from densekd.pipeline import steps
     from densekd.pipeline.candidates import mined_groups
-    from densekd.pipeline.label_dense import train_label_dense
     from densekd.pipeline.teacher_signal import fuse_run, member_scores, ranked_union
 
     m = mined_groups(cfg)
     ctx, base, store = m.ctx, m.base_encoder, m.store
-    ld = train_label_dense(ctx, m.groups, store) if "label_dense" in cfg.teacher.uses else None
+    ld = m.members() if "label_dense" in cfg.teacher.uses or cfg.mining.retrieval == "bm25+label_dense" else None
     scorer = steps.teacher(ctx, m.groups, m.mined_key) if "cross_encoder" in cfg.teacher.uses else None
     bm25 = BM25Index().index(ctx.corpus)
     faiss = store.to_faiss("Flat", show_progress=False)
@@ -118,7 +117,8 @@ def latency(cfg: PipelineConfig, model_dir: Path, n: int) -> dict[str, float]:
         t_student.append(time.perf_counter() - start)
         start = time.perf_counter()
         b = bm25.search({qid: text}, k=depth, show_progress=False)
-        firsts = [b] + ([faiss.search(base.encode_queries([text]), [qid], k=depth)] if cfg.mining.retrieval != "bm25" else [])
+        firsts = [b] + {"bm25": [], "bm25+dense": [faiss.search(base.encode_queries([text]), [qid], k=depth)],
+                        "bm25+label_dense": [ld.retrieve(store, {qid: text}, depth)]}[cfg.mining.retrieval]
         cands = ranked_union(firsts, depth)
         ce = None
         if scorer is not None:

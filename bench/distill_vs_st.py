@@ -169,25 +169,25 @@ class Prepared:
     base_encoder: DenseEncoder
     zero_shot_store: Any
     label_dense: Any = None        # the labels-only dense members, when the fusion weighs them
+    mined: Any = None              # the pipeline's Mined (first-stage runs of the teacher's dev candidates)
 
 
 def prepare(cfg: PipelineConfig) -> Prepared:
     """BM25 runs, candidates, teacher members (trained if missing), fused teacher scores, zero-shot
     embeddings: the pipeline's own steps (all cached), for any ``teacher.fusion``."""
     from densekd.pipeline.candidates import mined_groups
-    from densekd.pipeline.label_dense import train_label_dense
     from densekd.pipeline.run import fused_groups
 
     m = mined_groups(cfg)
     uses = cfg.teacher.uses
     scorer = steps.teacher(m.ctx, m.groups, m.mined_key) if "cross_encoder" in uses else None
     scored = steps.annotate_groups(m.ctx, m.groups, m.mined_key, scorer) if scorer is not None else m.groups
-    label_dense = train_label_dense(m.ctx, m.groups, m.store) if "label_dense" in uses else None
+    label_dense = m.members() if "label_dense" in uses else None
     base_encoder = DenseEncoder.from_pretrained(cfg.student.model, query_max_length=cfg.student.query_max_length,
                                                 passage_max_length=cfg.student.passage_max_length)
     fused, _ = fused_groups(m.ctx, scored, base_encoder, m.store, label_dense)
     return Prepared(m.ctx, m.train_run, m.eval_run, m.bm25_key, m.groups, fused, scorer, base_encoder, m.store,
-                    label_dense)
+                    label_dense, m)
 
 
 # ------------------------------------------------------------------------------- baseline rows

@@ -219,12 +219,14 @@ def summarize(per_seed: list[dict[str, float]]) -> dict[str, Any]:
     return out
 
 
-def teacher_row(p: Prepared, zero_shot: Run) -> dict[str, Any]:
+def teacher_row(p: Prepared) -> dict[str, Any]:
     """The distilled teacher signal re-ranking the dev candidates, as the pipeline reports it."""
     cfg = p.ctx.cfg
     ce_run = steps.teacher_dev_run(p.ctx, p.scorer, p.eval_run, p.bm25_key) if p.scorer is not None else None
-    dense_first = zero_shot if cfg.mining.retrieval != "bm25" else None
     from densekd.pipeline.teacher_signal import teacher_dev_runs
+
+    first = p.mined.eval_first_stage(cfg.teacher.rerank_depth)
+    dense_first = first[1] if len(first) > 1 else None
 
     runs = teacher_dev_runs(p.ctx, ce_run, p.eval_run, p.base_encoder, p.zero_shot_store,
                                   label_dense=p.label_dense, dense_eval_run=dense_first)
@@ -413,7 +415,7 @@ def main() -> None:
     zero_shot = steps.dense_run(p.base_encoder, p.zero_shot_store, p.ctx)
     baselines = {"zero-shot dense": evaluate(zero_shot, p.ctx.eval_qrels, METRICS),
                  "bm25": evaluate(p.eval_run, p.ctx.eval_qrels, METRICS)}
-    teacher = teacher_row(p, zero_shot)
+    teacher = teacher_row(p)
     baselines[teacher["name"]] = teacher["metrics"]
 
     per_seed: dict[str, list[dict[str, float]]] = {}

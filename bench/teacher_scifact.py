@@ -92,12 +92,10 @@ def main() -> None:
     cfg = build_config(args)
     began = time.perf_counter()
     m = mined_groups(cfg)
-    ctx, train_run, eval_run, base, store, groups = m.ctx, m.train_run, m.eval_run, m.base_encoder, m.store, m.groups
-    ld = train_label_dense(ctx, groups, store)
+    ctx, eval_run, base, store, groups = m.ctx, m.eval_run, m.base_encoder, m.store, m.groups
+    ld = m.members()
     depth = cfg.teacher.rerank_depth
-    dense_eval = steps.dense_run(base, store, ctx, k=depth)
-    dense_train = steps.dense_run(base, store, ctx, ctx.train_qrels, k=depth)
-    firsts = {"dev": [eval_run, dense_eval], "train": [train_run, dense_train]}
+    firsts = {"dev": m.eval_first_stage(depth), "train": m.eval_first_stage(depth, train=True)}
     cands = {split: ranked_union(runs, depth) for split, runs in firsts.items()}
     qrels = {"dev": ctx.eval_qrels, "train": ctx.train_qrels}
 
@@ -145,7 +143,7 @@ def main() -> None:
     fused = [n for n in rows if "+" in n and "label_dense" in n]
     best = max(fused, key=lambda n: rows[n]["train_oof_ndcg@10"])  # chosen on training queries, not dev
     students = [evaluate(steps.dense_run(DenseEncoder.from_pretrained(member), store, ctx), ctx.eval_qrels,
-                         ["ndcg@10", "recall@100"]) for member in labels_only_members(ctx, groups, store, ld)]
+                         ["ndcg@10", "recall@100"]) for member in labels_only_members(ctx, m.member_groups, store, ld)]
     labels_only = {"ndcg@10_mean": float(np.mean([s["ndcg@10"] for s in students])),
                    "ndcg@10_std": float(np.std([s["ndcg@10"] for s in students])),
                    "recall@100_mean": float(np.mean([s["recall@100"] for s in students])),

@@ -40,6 +40,9 @@ class DataSection:
     pseudo_seed: int = 0
 
 
+RETRIEVALS = ("bm25", "bm25+dense", "bm25+label_dense")
+
+
 @dataclass
 class MiningSection:
     """Hard-negative mining from BM25 (see :func:`densekd.mining.negatives.mine_negatives`).
@@ -57,7 +60,11 @@ class MiningSection:
     retrieval
         ``"bm25"``: rank ranges refer to BM25's list; ``"bm25+dense"``: to BM25's and the zero-shot
         student's top ``depth`` fused by reciprocal rank (the teacher then scores lexical and semantic
-        near-misses alike, and re-ranks the same union on dev).
+        near-misses alike, and re-ranks the same union on dev); ``"bm25+label_dense"``: to BM25's and
+        the teacher's labels-only members' own top ``depth`` (out-of-fold members for training queries),
+        mined after the members are trained on ``bm25+dense`` groups. The teacher then re-ranks what a
+        trained retriever finds, not what the zero-shot one does (SciFact dev, 256 tokens: the teacher's
+        candidates' R@100 0.963 -> 0.985, its re-rank 0.819 -> 0.834).
     """
 
     depth: int = 100
@@ -67,8 +74,8 @@ class MiningSection:
     retrieval: str = "bm25"
 
     def __post_init__(self) -> None:
-        if self.retrieval not in ("bm25", "bm25+dense"):
-            raise ValueError(f"mining.retrieval must be 'bm25' or 'bm25+dense', got {self.retrieval!r}")
+        if self.retrieval not in RETRIEVALS:
+            raise ValueError(f"mining.retrieval must be one of {', '.join(RETRIEVALS)}, got {self.retrieval!r}")
 
 
 @dataclass

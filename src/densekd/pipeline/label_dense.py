@@ -20,6 +20,9 @@ Contract
   ``cache_dir/label_dense/<key>/<member>/``, resumable like any student).
 * :meth:`LabelDense.scores` -> :data:`~densekd.data.types.Run`: the mean over seeds of the members'
   cosines ``q . p`` for each query's candidates (raw scores; fusion z-normalises them per query).
+* :meth:`LabelDense.retrieve` -> :data:`~densekd.data.types.Run`: the top ``k`` of the whole corpus by
+  that same mean score (out-of-fold members for training queries), the candidates of
+  ``mining.retrieval: bm25+label_dense``.
 * With ``teacher.label_dense.passage_max_length`` unlike the student's, the members read their own
   corpus vectors at that length (:attr:`LabelDense.store`; with ADAM dark examples added by
   :func:`~densekd.pipeline.run.fused_groups`), whatever store the caller passes.
@@ -80,6 +83,8 @@ class LabelDense:
     store
         The members' own frozen corpus vectors when they read passages at another length than the
         student (``None``: they share the caller's store).
+    key
+        The members' cache key (what they were trained on and how): keys what is derived from them.
     """
 
     fold_of: dict[str, int]
@@ -87,6 +92,7 @@ class LabelDense:
     full_models: list[Path]
     train_seconds: float = 0.0
     store: Any = None
+    key: str = ""
 
     def encoder(self, folder: Path) -> Any:
         """The member in ``folder``, loaded once (scoring one query at a time stays cheap)."""
@@ -101,6 +107,31 @@ class LabelDense:
         """The passage vectors the members read: their own (:attr:`store`) when they have them, else ``store``."""
         return self.store if self.store is not None else store
 
+    def _by_members(self, qids: Sequence[str]) -> dict[int, list[str]]:
+        """Queries grouped by who scores them: fold ``f`` (members trained without it), ``-1`` (all-query members)."""
+        out: dict[int, list[str]] = {}
+        for qid in qids:
+            out.setdefault(self.fold_of.get(qid, -1), []).append(qid)
+        return out
+
+    def _members(self, fold: int) -> list[Path]:
+        return self.full_models if fold < 0 else self.fold_models[fold]
+
+    def retrieve(self, store: Any, texts: Mapping[str, str], k: int) -> Run:
+        """Each query's top ``k`` passages of the whole corpus by :meth:`scores` (mean cosine over seeds).
+
+        Exact: the members share one set of passage vectors, so the mean of their dot products is the dot
+        product with their mean query vector, and one Flat search of that vector ranks by the mean score.
+        ``store`` as in :meth:`scores` (an ``EmbeddingStore``; ignored when the members have their own).
+        """
+        index = self.vectors(store).to_faiss("Flat", show_progress=False)
+        out: Run = {}
+        for fold, qids in self._by_members(list(texts)).items():
+            q = np.mean([self.encoder(m).encode_queries([texts[qid] for qid in qids]) for m in self._members(fold)],
+                        axis=0)
+            out.update(index.search(np.ascontiguousarray(q, dtype=np.float32), qids, k=k))
+        return out
+
     def scores(self, store: Any, texts: Mapping[str, str], candidates: Mapping[str, Sequence[str]]) -> Run:
         """Mean cosine over seeds of each query's candidates; a training query is scored by the members
         that never saw it, any other query by the members trained on all training queries.
@@ -110,13 +141,10 @@ class LabelDense:
         when the members have their own (:attr:`store`).
         """
         store = self.vectors(store)
-        by_members: dict[int, dict[str, Sequence[str]]] = {}
-        for qid, cands in candidates.items():
-            by_members.setdefault(self.fold_of.get(qid, -1), {})[qid] = cands
         out: Run = {}
-        for fold, cands in by_members.items():
-            members = self.full_models if fold < 0 else self.fold_models[fold]
-            runs = [steps.dense_signal(self.encoder(m), store, texts, cands) for m in members]
+        for fold, qids in self._by_members(list(candidates)).items():
+            cands = {qid: candidates[qid] for qid in qids}
+            runs = [steps.dense_signal(self.encoder(m), store, texts, cands) for m in self._members(fold)]
             out.update({qid: {pid: float(np.mean([r[qid][pid] for r in runs])) for pid in cands[qid]}
                         for qid in cands})
         return out
@@ -186,4 +214,4 @@ def train_label_dense(ctx: steps.Context, groups: list[TrainGroup], store: Any) 
                     for s in section.seeds] for f in range(section.folds)]
     full_models = [member(f"all-seed{s}", groups, s) for s in section.seeds]
     ctx.record("teacher:label-dense", start, all(cached))
-    return LabelDense(fold_of, fold_models, full_models, round(sum(seconds), 1), own_store)
+    return LabelDense(fold_of, fold_models, full_models, round(sum(seconds), 1), own_store, root.name)

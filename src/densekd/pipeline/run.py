@@ -61,7 +61,6 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
         the step timings only; ``None`` runs everything.
     """
     from densekd.pipeline.candidates import mined_groups
-    from densekd.pipeline.label_dense import train_label_dense
 
     m = mined_groups(cfg, with_store=until in (None, "student"))  # query_only students read the store
     ctx, eval_run, bm25_key = m.ctx, m.eval_run, m.bm25_key
@@ -72,12 +71,12 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     if until == "mine":
         return {"steps": ctx.timings}
     scorer = steps.teacher(ctx, groups, mined_key) if "cross_encoder" in uses else None
-    label_dense = train_label_dense(ctx, groups, zero_shot_store) if "label_dense" in uses else None
+    label_dense = m.members() if "label_dense" in uses else None
     # the teacher's own dev quality comes first: distillation figures only count if it beats the students
     ce_dev = steps.teacher_dev_run(ctx, scorer, eval_run, bm25_key) if scorer is not None else None
-    dense_eval = steps.dense_run(base_encoder, zero_shot_store, ctx) if cfg.mining.retrieval != "bm25" else None
+    first = m.eval_first_stage(cfg.teacher.rerank_depth)
     teacher_runs = teacher_dev_runs(ctx, ce_dev, eval_run, base_encoder, zero_shot_store,
-                                    label_dense=label_dense, dense_eval_run=dense_eval)
+                                    label_dense=label_dense, dense_eval_run=first[1] if len(first) > 1 else None)
     if until == "teacher":
         named = {"bm25": eval_run, "teacher rerank": teacher_runs["fused"]}
         if "cross_encoder" in teacher_runs:
