@@ -225,7 +225,7 @@ def teacher_row(p: Prepared) -> dict[str, Any]:
     ce_run = steps.teacher_dev_run(p.ctx, p.scorer, p.eval_run, p.bm25_key) if p.scorer is not None else None
     from densekd.pipeline.teacher_signal import teacher_dev_runs
 
-    first = p.mined.eval_first_stage(cfg.teacher.rerank_depth)
+    first = p.mined.first_stage(cfg.teacher.rerank_depth)
     dense_first = first[1] if len(first) > 1 else None
 
     runs = teacher_dev_runs(p.ctx, ce_run, p.eval_run, p.base_encoder, p.zero_shot_store,

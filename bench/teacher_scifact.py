@@ -95,7 +95,7 @@ def main() -> None:
     ctx, eval_run, base, store, groups = m.ctx, m.eval_run, m.base_encoder, m.store, m.groups
     ld = m.members()
     depth = cfg.teacher.rerank_depth
-    firsts = {"dev": m.eval_first_stage(depth), "train": m.eval_first_stage(depth, train=True)}
+    firsts = {"dev": m.first_stage(depth), "train": m.first_stage(depth, train=True)}
     cands = {split: ranked_union(runs, depth) for split, runs in firsts.items()}
     qrels = {"dev": ctx.eval_qrels, "train": ctx.train_qrels}
 

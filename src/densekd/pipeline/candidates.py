@@ -68,7 +68,7 @@ class Mined:
             self.label_dense = train_label_dense(self.ctx, self.member_groups or self.groups, self.store)
         return self.label_dense
 
-    def eval_first_stage(self, k: int, train: bool = False) -> list[Run]:
+    def first_stage(self, k: int, train: bool = False) -> list[Run]:
         """The evaluation (or training) queries' first-stage runs the teacher re-ranks (top ``k`` each):
         BM25's, and the retriever ``mining.retrieval`` adds to it (zero-shot dense, or the members: out
         of fold on training queries)."""
@@ -117,6 +117,6 @@ def member_mined(m: Mined) -> tuple[Run, list[TrainGroup], str]:
     from densekd.index.hybrid import fuse
 
     ctx, depth = m.ctx, m.ctx.cfg.mining.depth
-    cand_run = fuse(m.eval_first_stage(depth, train=True), method="rrf", k=2 * depth)
+    cand_run = fuse(m.first_stage(depth, train=True), method="rrf", k=2 * depth)
     groups, key = steps.mine(ctx, cand_run, cache_key("bm25+label-dense-v1", m.bm25_key, m.members().key))
     return cand_run, groups, key

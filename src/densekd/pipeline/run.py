@@ -74,7 +74,7 @@ def run_pipeline(cfg: PipelineConfig, until: str | None = None) -> dict[str, Any
     label_dense = m.members() if "label_dense" in uses else None
     # the teacher's own dev quality comes first: distillation figures only count if it beats the students
     ce_dev = steps.teacher_dev_run(ctx, scorer, eval_run, bm25_key) if scorer is not None else None
-    first = m.eval_first_stage(cfg.teacher.rerank_depth)
+    first = m.first_stage(cfg.teacher.rerank_depth)
     teacher_runs = teacher_dev_runs(ctx, ce_dev, eval_run, base_encoder, zero_shot_store,
                                     label_dense=label_dense, dense_eval_run=first[1] if len(first) > 1 else None)
     if until == "teacher":

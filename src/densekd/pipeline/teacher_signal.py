@@ -160,9 +160,9 @@ def teacher_dev_runs(ctx: Any, ce_run: Run | None, eval_run: Run, base_encoder: 
 
     Candidates are BM25's top ``teacher.rerank_depth``, joined by a dense retriever's top
     ``rerank_depth`` when ``dense_eval_run`` is given (the zero-shot one's, or the labels-only members'
-    with ``mining.retrieval: bm25+label_dense``; :meth:`~densekd.pipeline.candidates.Mined.eval_first_stage`); ``ce_run`` holds the cross-encoder's logits of
-    BM25's top ``rerank_depth`` (when the fusion uses it). Below the candidates BM25's (then the dense
-    run's) order is kept.
+    with ``mining.retrieval: bm25+label_dense``: :meth:`~densekd.pipeline.candidates.Mined.first_stage`);
+    ``ce_run`` holds the cross-encoder's logits of BM25's top ``rerank_depth`` (when the fusion uses it).
+    Below the candidates BM25's (then the dense run's) order is kept.
     """
     weights = ctx.cfg.teacher.fusion if weights is None else weights
     depth = ctx.cfg.teacher.rerank_depth
