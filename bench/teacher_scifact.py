@@ -125,9 +125,9 @@ def main() -> None:
             if name.startswith("label_dense_seed"):
                 sigs = {**sigs, "label_dense": sigs[name]}
             run = with_tail(fuse_run(cands[split], sigs, weights), firsts[split])
-            m = evaluate(run, qrels[split], ["ndcg@10", "recall@100"])
-            row.update({"ndcg@10": m["ndcg@10"], "recall@100": m["recall@100"]} if split == "dev"
-                       else {"train_oof_ndcg@10": m["ndcg@10"]})
+            e = evaluate(run, qrels[split], ["ndcg@10", "recall@100"])
+            row.update({"ndcg@10": e["ndcg@10"], "recall@100": e["recall@100"]} if split == "dev"
+                       else {"train_oof_ndcg@10": e["ndcg@10"]})
         label = "label_dense" in name
         row["train_minutes"] = round(ld.train_seconds / 60, 2) if label else 0.0
         row["weights"] = weights
