@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -163,3 +165,28 @@ def test_a_local_start_model_is_keyed_by_its_content(tmp_path, tiny_bert_path):
     weights.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))  # one bit of the weights changes
     assert _student_settings(StudentSection(model=str(folder))) != before
     assert _student_settings(StudentSection())["model"] is None  # the bundled model keeps old keys
+
+
+def test_members_of_recipes_with_other_student_groups_do_not_share_a_folder(tmp_path, toy_beir_dir, tiny_bert_path):
+    """The members inherit the student's group size, so it keys them (v1 did not: such recipes overwrote
+    each other's members); ``teacher.label_dense.group_size`` pins it, and pinned to the student's own
+    value the members are the same cached ones."""
+    from densekd.cli.config import load_config
+    from densekd.pipeline.candidates import mined_groups
+    from densekd.pipeline.config import PipelineConfig
+    from densekd.pipeline.label_dense import train_label_dense
+
+    from tests.pipeline.test_pipeline_run import _config
+
+    path = _config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"label_dense": 1.0})
+    member = "teacher.label_dense={folds: 2, fold_seed: 1, seeds: [0], epochs: 1}"
+
+    def members(*sets: str) -> Path:
+        m = mined_groups(load_config(path, [member, *sets], PipelineConfig))
+        return train_label_dense(m.ctx, m.groups, m.store).full_models[0]
+
+    three = members()  # the toy config's student reads groups of 3
+    two = members("student.group_size=2")
+    assert three.parent != two.parent and three.exists() and two.exists()
+    pinned = members("student.group_size=2", "teacher.label_dense.group_size=3")
+    assert pinned == three

@@ -104,6 +104,10 @@ class LabelDenseSection:
         ``passage_max_length``). The teacher may read more than the student it teaches: SciFact abstracts
         run past 128 tokens, so members at 256 see text a 128-token student never does (one extra corpus
         encoding, cached; ADAM dark examples are encoded at this length for them too).
+    group_size
+        Candidates per query in a member's training step (``null`` = the student's ``group_size``). A
+        recipe whose student reads smaller groups (ERNIE-Search's ColBERT head) can keep the members,
+        and the cache, of the recipe it shares its teacher with.
     """
 
     folds: int = 2
@@ -113,6 +117,7 @@ class LabelDenseSection:
     learning_rate: float = 5e-5
     temperature: float = 0.05
     passage_max_length: int | None = None
+    group_size: int | None = None
 
 
 @dataclass

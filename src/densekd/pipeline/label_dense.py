@@ -44,7 +44,7 @@ from densekd.data.hashing import seeded_hash
 from densekd.data.types import Run, TrainGroup
 from densekd.pipeline import steps
 from densekd.pipeline.cache import cache_key
-from densekd.pipeline.student import train_student
+from densekd.pipeline.student import _student_settings, train_student
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def member_student(student: Any, section: Any, seed: int, n_queries: int) -> Any
     """
     return dataclasses.replace(
         student, train_mode="query_only", architecture="dense", loss={"contrastive": {"temperature": section.temperature}},
-        batch_size=max(1, min(student.batch_size, n_queries)),
+        batch_size=max(1, min(student.batch_size, n_queries)), group_size=section.group_size or student.group_size,
         epochs=section.epochs, max_steps=-1, learning_rate=section.learning_rate, seed=seed, eval_steps=0,
         passage_max_length=member_length(section, student),
         dark_examples=dataclasses.replace(student.dark_examples, enabled=False),
@@ -193,9 +193,14 @@ def train_label_dense(ctx: steps.Context, groups: list[TrainGroup], store: Any) 
                          f"fold empty (fold sizes {sizes}); use fewer folds or more training queries")
     labels = [[g.qid, g.pos_ids, g.neg_ids] for g in groups]
     # members are keyed without the seed list: a run with seeds [0] reuses a [0, 1, 2] run's seed-0 members;
-    # their passage length is in the store's fingerprint
-    settings = {k: v for k, v in dataclasses.asdict(section).items() if k not in ("seeds", "passage_max_length")}
-    root = ctx.cache / "label_dense" / cache_key("label-dense-v1", labels, settings, store.fingerprint)
+    # their passage length is in the store's fingerprint. What they inherit from the student section
+    # (group and batch size, start model, query length) is in the key too: v1 left it out, so recipes
+    # whose students differed overwrote each other's members in one folder
+    settings = {k: v for k, v in dataclasses.asdict(section).items()
+                if k not in ("seeds", "passage_max_length", "group_size")}  # the effective group size: inherited
+    inherited = _student_settings(member_student(ctx.cfg.student, section, 0, len(groups)))
+    inherited.pop("seed")
+    root = ctx.cache / "label_dense" / cache_key("label-dense-v2", labels, settings, inherited, store.fingerprint)
     start = time.perf_counter()
     cached: list[bool] = []
     seconds: list[float] = []
