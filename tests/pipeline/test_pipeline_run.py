@@ -317,3 +317,30 @@ def test_the_labels_only_row_of_members_at_their_own_length(tmp_path, toy_beir_d
     ld = train_label_dense(m.ctx, m.groups, m.store)  # cached: the run's members
     member = DenseEncoder.from_pretrained(ld.full_models[0])
     assert rows[name] == evaluate(steps.dense_run(member, ld.store, m.ctx), m.ctx.eval_qrels, steps.METRICS)
+
+
+def test_mined_groups_follow_the_mining_seed_not_the_students(tmp_path, toy_beir_dir, tiny_bert_path):
+    """Random negative sampling draws with ``mining.seed`` (in the key): students of any seed read the same
+    groups, and another mining seed is another cached mining, never the first run's draw."""
+    import yaml as _yaml
+
+    from densekd.cli.config import load_config
+    from densekd.pipeline import steps
+    from densekd.pipeline.config import PipelineConfig
+
+    path = _config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"bm25": 1.0})
+    raw = _yaml.safe_load(path.read_text())
+    raw["mining"].update({"sampling": "random", "n_negatives": 1, "rank_range": [0, 8]})
+    path.write_text(_yaml.safe_dump(raw))
+
+    def mined(*sets: str):
+        ctx = steps.load_context(load_config(path, list(sets), PipelineConfig))
+        train_run, _, bm25_key = steps.bm25_runs(ctx)
+        return steps.mine(ctx, train_run, bm25_key)
+
+    groups, key = mined()
+    assert mined("student.seed=7") == (groups, key)
+    draws = {tuple(tuple(g.neg_ids) for g in mined(f"mining.seed={s}")[0]) for s in range(6)}
+    assert len(draws) > 1  # the seed moves the draw ...
+    other, other_key = mined("mining.seed=3")
+    assert other_key != key and other == mined("mining.seed=3", "student.seed=9")[0]  # ... and keys it

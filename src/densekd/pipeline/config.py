@@ -65,6 +65,9 @@ class MiningSection:
         mined after the members are trained on ``bm25+dense`` groups. The teacher then re-ranks what a
         trained retriever finds, not what the zero-shot one does (SciFact dev, 256 tokens: the teacher's
         candidates' R@100 0.963 -> 0.985, its re-rank 0.819 -> 0.834).
+    seed
+        Seed of ``random`` sampling (with each query id). The mining's own, not the student's: students
+        of other seeds train on the same groups from the same teacher.
     """
 
     depth: int = 100
@@ -72,6 +75,7 @@ class MiningSection:
     rank_range: list[int] = field(default_factory=lambda: [0, 50])
     sampling: str = "random"
     retrieval: str = "bm25"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.retrieval not in RETRIEVALS:

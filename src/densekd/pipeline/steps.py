@@ -133,13 +133,15 @@ def mine(ctx: Context, train_run: Run, bm25_key: str) -> tuple[list[TrainGroup],
     # the candidate run's key (bm25_key) already says where candidates come from: the default
     # ``retrieval`` stays out of the key, so mined groups cached before the field existed stay valid
     settings = {k: v for k, v in asdict(m).items() if not (k == "retrieval" and v == "bm25")}
-    key = cache_key("mine-v1", bm25_key, settings)
+    # v2: the sampling seed is mining.seed and in the key; v1 sampled with student.seed, left out of the
+    # key, so a cached mining served students of every seed with the first run's draw
+    key = cache_key("mine-v2", bm25_key, settings)
     folder = ctx.cache / "mined" / key
 
     def compute(out: Path) -> dict[str, Any]:
         groups, stats = mine_negatives_with_stats(
             train_run, ctx.train_qrels, n_negatives=m.n_negatives, rank_range=tuple(m.rank_range),
-            sampling=m.sampling, seed=ctx.cfg.student.seed)
+            sampling=m.sampling, seed=m.seed)
         write_jsonl(out / "groups.jsonl", (g.to_json() for g in groups))
         return stats.as_dict()
 
