@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from densekd.pipeline.adam_config import DarkExamplesSection, SelfPacedSection
+
+__all__ = ["DataSection", "MiningSection", "LabelDenseSection", "TeacherSection", "DarkExamplesSection",
+           "SelfPacedSection", "StudentSection", "PipelineConfig"]
+
 
 @dataclass
 class DataSection:
@@ -58,16 +63,12 @@ class MiningSection:
     sampling
         ``"top"`` (in rank order) or ``"random"`` (seeded) among the candidates in range.
     retrieval
-        ``"bm25"``: rank ranges refer to BM25's list; ``"bm25+dense"``: to BM25's and the zero-shot
-        student's top ``depth`` fused by reciprocal rank (the teacher then scores lexical and semantic
-        near-misses alike, and re-ranks the same union on dev); ``"bm25+label_dense"``: to BM25's and
-        the teacher's labels-only members' own top ``depth`` (out-of-fold members for training queries),
-        mined after the members are trained on ``bm25+dense`` groups. The teacher then re-ranks what a
-        trained retriever finds, not what the zero-shot one does (SciFact dev, 256 tokens: the teacher's
-        candidates' R@100 0.963 -> 0.985, its re-rank 0.819 -> 0.833, a student distilled from it no better: README).
+        Rank ranges refer to BM25's list (``"bm25"``), or to BM25's top ``depth`` fused by reciprocal rank
+        with the zero-shot student's (``"bm25+dense"``; the teacher re-ranks the same union on dev) or with
+        the teacher's labels-only members' (``"bm25+label_dense"``, out of fold on training queries; the
+        members train on ``bm25+dense`` groups first). SciFact dev: the teacher re-ranks 0.819 -> 0.833.
     seed
-        Seed of ``random`` sampling (with each query id). The mining's own, not the student's: students
-        of other seeds train on the same groups from the same teacher.
+        Seed of ``random`` sampling: the mining's, not the student's (every student seed, same groups).
     """
 
     depth: int = 100
@@ -104,14 +105,11 @@ class LabelDenseSection:
     epochs, learning_rate, temperature
         Member training: epochs over the (sub)set, learning rate, InfoNCE temperature.
     passage_max_length
-        Tokens of each passage the members' frozen corpus vectors read (``null`` = the student's
-        ``passage_max_length``). The teacher may read more than the student it teaches: SciFact abstracts
-        run past 128 tokens, so members at 256 see text a 128-token student never does (one extra corpus
-        encoding, cached; ADAM dark examples are encoded at this length for them too).
+        Tokens of each passage the members' frozen corpus vectors read (``null`` = the student's): the
+        teacher may read more than its student (one more cached corpus encoding; ADAM dark examples too).
     group_size
-        Candidates per query in a member's training step (``null`` = the student's ``group_size``). A
-        recipe whose student reads smaller groups (ERNIE-Search's ColBERT head) can keep the members,
-        and the cache, of the recipe it shares its teacher with.
+        Candidates per query in a member's training step (``null`` = the student's): a recipe with smaller
+        student groups (ERNIE-Search) keeps the members, and cache, of the recipe whose teacher it shares.
     """
 
     folds: int = 2
@@ -193,110 +191,6 @@ class TeacherSection:
 
         return TeacherConfig(group_size=self.group_size, max_length=self.max_length, loss=self.loss,
                              **section_training_args(self, checkpoints))
-
-
-@dataclass
-class DarkExamplesSection:
-    """ADAM dark examples added to every training group and scored by the teacher (default off).
-
-    The fields other than ``enabled`` and ``in_every_group`` are those of
-    :class:`densekd.mining.dark_examples.DarkExampleConfig` (see it for the full documentation); the
-    defaults are the same.
-
-    Attributes
-    ----------
-    enabled
-        Build dark examples (``false`` = plain mined groups).
-    in_every_group
-        ``true``: every training item lists all its dark examples *next to* its ``group_size - 1``
-        sampled hard negatives (the ADAM candidate list {positive, hard negatives, dark examples});
-        ``false``: dark examples join the negative pool and are sampled like mined negatives.
-    n_mixup, n_masked
-        Mix-up (hard negative + positive spans) and masked-positive examples per query.
-    mix_fraction, mix_mode, span_length
-        Share of a mix-up's word pieces taken from the positive, ``"replace"`` or ``"insert"``, and the
-        length of the moved spans.
-    mask_fraction, mask_mode
-        Share of a positive's word pieces masked (``"mask"``) or deleted (``"delete"``).
-    max_tokens
-        Passages are cut to this many word pieces before editing (``null`` = no cut).
-    seed
-        Seed of the random edits (per query and example, independent of order).
-    """
-
-    enabled: bool = False
-    in_every_group: bool = True
-    n_mixup: int = 2
-    n_masked: int = 2
-    mix_fraction: float = 0.3
-    mix_mode: str = "replace"
-    span_length: int = 8
-    mask_fraction: float = 0.3
-    mask_mode: str = "mask"
-    max_tokens: int | None = 200
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.enabled:
-            self.to_config()  # a bad value is a config error now, not after teacher training
-
-    def to_config(self) -> Any:
-        """The :class:`~densekd.mining.dark_examples.DarkExampleConfig` of these settings."""
-        from densekd.mining.dark_examples import DarkExampleConfig
-
-        return DarkExampleConfig(**{k: v for k, v in self.__dict__.items() if k not in SECTION_ONLY})
-
-    @property
-    def extra_per_group(self) -> int:
-        """Dark examples appended to every training item (``TrainGroupDataset(extra_per_group=...)``)."""
-        return self.n_mixup + self.n_masked if self.enabled and self.in_every_group else 0
-
-
-#: DarkExamplesSection fields that steer the pipeline, not the generator
-SECTION_ONLY = ("enabled", "in_every_group")
-
-
-@dataclass
-class SelfPacedSection:
-    """ADAM self-paced distillation: train on the teacher's most confident instances first (default off).
-
-    The fields other than ``enabled`` are those of :class:`densekd.training.self_paced.SelfPacedConfig`
-    (see it for the full documentation); the defaults are the same. Epochs are the schedule's unit, so
-    use ``student.epochs > 1`` (in ``select`` mode an epoch keeps its length: kept instances repeat).
-
-    Attributes
-    ----------
-    enabled
-        Use self-paced selection (``false`` = every instance, every epoch).
-    measure
-        Instance quality: ``"pos_prob"`` (teacher probability of the positive) or ``"margin"``.
-    schedule, start_fraction, end_fraction, warm_epochs
-        Kept share per epoch: ``"linear"`` from ``start_fraction`` to ``end_fraction`` over
-        ``warm_epochs``, ``"step"`` (switch at ``warm_epochs``) or ``"none"`` (``end_fraction``).
-    mode
-        ``"select"`` (draw only kept instances) or ``"weight"`` (0/1 loss weights).
-    temperature
-        Softmax temperature of ``"pos_prob"``.
-    """
-
-    enabled: bool = False
-    measure: str = "pos_prob"
-    schedule: str = "linear"
-    start_fraction: float = 0.5
-    end_fraction: float = 1.0
-    warm_epochs: int = 2
-    mode: str = "select"
-    temperature: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.enabled:
-            self.to_config()
-
-    def to_config(self) -> Any:
-        """The :class:`~densekd.training.self_paced.SelfPacedConfig` of these settings."""
-        from densekd.training.self_paced import SelfPacedConfig
-
-        return SelfPacedConfig(**{k: v for k, v in self.__dict__.items() if k != "enabled"})
 
 
 @dataclass
