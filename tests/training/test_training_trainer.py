@@ -146,3 +146,17 @@ def test_in_batch_copies_of_a_querys_positives_are_excluded_from_its_negatives(m
     scores = trainer._score_batch(torch.randn(b, 8), torch.randn(b * g, 8), inputs)
     assert scores.in_batch_exclude.tolist() == expected
     assert any(any(row) for row in expected)  # the toy batch does hold such copies
+
+
+@pytest.mark.parametrize("field,dataset_value", [("group_size", 3), ("negative_sampling", "top")])
+def test_a_dataset_that_samples_otherwise_than_the_config_is_refused(tiny_bert_path, toy_data, toy_groups, tmp_path,
+                                                                     field, dataset_value):
+    """The dataset draws the groups: a config whose group_size or negative_sampling says otherwise would be
+    read nowhere, so the trainer refuses the pair instead of training silently on the dataset's."""
+    args = DistillConfig(output_dir=str(tmp_path), use_cpu=True, group_size=4, negative_sampling="random")
+    sampling = {"group_size": 4, "negative_sampling": "random", field: dataset_value}
+    ds = TrainGroupDataset(toy_groups, toy_data.queries, toy_data.corpus, **sampling)
+    with pytest.raises(ValueError, match=f"train_dataset.{field}="):
+        DistillTrainer(DenseEncoder.from_pretrained(tiny_bert_path), args, train_dataset=ds)
+    same = TrainGroupDataset(toy_groups, toy_data.queries, toy_data.corpus, group_size=4, negative_sampling="random")
+    DistillTrainer(DenseEncoder.from_pretrained(tiny_bert_path), args, train_dataset=same)  # the config's: accepted

@@ -84,6 +84,16 @@ def freeze_passage_side(encoder: DenseEncoder) -> None:
         encoder.projection.requires_grad_(False)
 
 
+def _check_dataset(args: DistillConfig, dataset: Any) -> None:
+    """The dataset draws each group, so its ``group_size`` and ``negative_sampling`` are what training
+    uses; a config saying otherwise would be read nowhere (a silent mismatch): one clear error instead."""
+    for name in ("group_size", "negative_sampling"):
+        have = getattr(dataset, name, None)
+        if have is not None and have != getattr(args, name):
+            raise ValueError(f"train_dataset.{name}={have!r} but args.{name}={getattr(args, name)!r}: build the "
+                             f"dataset with the config's {name}")
+
+
 class DistillTrainer(CheckpointTrainer):
     """HF ``Trainer`` that distils teacher scores into a :class:`DenseEncoder` (module docstring).
 
@@ -126,6 +136,7 @@ class DistillTrainer(CheckpointTrainer):
             raise ValueError(f"{type(model).__name__} scores with several heads from passage tokens and has no "
                              "check_passage_cache: train_mode='query_only' is not supported for it")
         table = self._setup_mode(model, passage_embeddings, query_only)
+        _check_dataset(args, kwargs.get("train_dataset"))
         if data_collator is None:
             data_collator = DistillCollator.from_encoder(model, query_only=query_only)
         elif query_only and getattr(data_collator, "tokenize_passage", None) is not None:
