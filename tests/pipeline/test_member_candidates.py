@@ -17,7 +17,10 @@ from tests.pipeline.test_pipeline_run import _config
 
 
 class _FaissStore(_Store):
+    built = 0
+
     def to_faiss(self, factory: str = "Flat", show_progress: bool = False) -> FaissIndex:
+        self.built += 1
         index = FaissIndex(self.embeddings.shape[1], factory)
         index.add(self.ids, self.embeddings)
         return index
@@ -37,6 +40,7 @@ def test_member_retrieval_is_the_exact_top_k_of_the_mean_member_score(tiny_bert_
     for qid in texts:
         assert list(got[qid]) == [p for p, _ in top_k(every[qid], 5)]
         np.testing.assert_allclose(list(got[qid].values()), [every[qid][p] for p in got[qid]], rtol=1e-4, atol=1e-5)
+    assert ld.retrieve(store, texts, k=5) == got and store.built == 1  # one index per store, built once
     full_only = LabelDense({}, fold_models=[], full_models=members[4:6]).retrieve(store, texts, k=5)
     assert list(got["new"]) == list(full_only["new"])
     assert list(got["t0"]) != list(full_only["t0"]) or list(got["t1"]) != list(full_only["t1"])

@@ -14,7 +14,7 @@ are always the student's groups; ``Mined.member_groups`` what the members train 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from densekd.data.types import Run, TrainGroup
@@ -57,7 +57,7 @@ class Mined:
     cand_run: Run
     groups: list[TrainGroup]
     mined_key: str
-    member_groups: list[TrainGroup] = field(default_factory=list)
+    member_groups: list[TrainGroup]
     label_dense: Any = None
 
     def members(self) -> Any:
@@ -65,7 +65,7 @@ class Mined:
         from densekd.pipeline.label_dense import train_label_dense
 
         if self.label_dense is None:
-            self.label_dense = train_label_dense(self.ctx, self.member_groups or self.groups, self.store)
+            self.label_dense = train_label_dense(self.ctx, self.member_groups, self.store)
         return self.label_dense
 
     def first_stage(self, k: int, train: bool = False) -> list[Run]:
@@ -114,9 +114,7 @@ def member_mined(m: Mined) -> tuple[Run, list[TrainGroup], str]:
 
     Keyed by BM25's run and the members' key (which holds the first-stage groups they trained on).
     """
-    from densekd.index.hybrid import fuse
-
     ctx, depth = m.ctx, m.ctx.cfg.mining.depth
-    cand_run = fuse(m.first_stage(depth, train=True), method="rrf", k=2 * depth)
+    cand_run = steps.fused_candidates(m.first_stage(depth, train=True), depth)
     groups, key = steps.mine(ctx, cand_run, cache_key("bm25+label-dense-v1", m.bm25_key, m.members().key))
     return cand_run, groups, key

@@ -117,6 +117,13 @@ class LabelDense:
     def _members(self, fold: int) -> list[Path]:
         return self.full_models if fold < 0 else self.fold_models[fold]
 
+    def _index(self, store: Any) -> Any:
+        """A Flat index of ``store``, built once (one query at a time, e.g. latency runs, stays cheap)."""
+        cache = self.__dict__.setdefault("_indexes", {})
+        if id(store) not in cache:  # the store is kept beside its index, so its id cannot be reused
+            cache[id(store)] = (store, store.to_faiss("Flat", show_progress=False))
+        return cache[id(store)][1]
+
     def retrieve(self, store: Any, texts: Mapping[str, str], k: int) -> Run:
         """Each query's top ``k`` passages of the whole corpus by :meth:`scores` (mean cosine over seeds).
 
@@ -124,7 +131,7 @@ class LabelDense:
         product with their mean query vector, and one Flat search of that vector ranks by the mean score.
         ``store`` as in :meth:`scores` (an ``EmbeddingStore``; ignored when the members have their own).
         """
-        index = self.vectors(store).to_faiss("Flat", show_progress=False)
+        index = self._index(self.vectors(store))
         out: Run = {}
         for fold, qids in self._by_members(list(texts)).items():
             q = np.mean([self.encoder(m).encode_queries([texts[qid] for qid in qids]) for m in self._members(fold)],

@@ -366,10 +366,15 @@ def candidate_run(ctx: Context, train_run: Run, bm25_key: str, base_encoder: Any
     dense retriever's top ``mining.depth`` fused by reciprocal rank (``bm25+dense``), so the teacher
     scores lexical and semantic near-misses alike. Returns the run and its cache key (BM25's alone
     keeps the BM25 key, so existing mined groups stay valid)."""
-    from densekd.index.hybrid import fuse
-
     if ctx.cfg.mining.retrieval == "bm25":
         return train_run, bm25_key
     depth = ctx.cfg.mining.depth
     dense = dense_run(base_encoder, store, ctx, ctx.train_qrels, k=depth)
-    return fuse([train_run, dense], method="rrf", k=2 * depth), cache_key("bm25+dense-v1", bm25_key, store.fingerprint)
+    return fused_candidates([train_run, dense], depth), cache_key("bm25+dense-v1", bm25_key, store.fingerprint)
+
+
+def fused_candidates(runs: list[Run], depth: int) -> Run:
+    """First-stage runs (top ``depth`` each) fused by reciprocal rank: the list ``mining.rank_range`` refers to."""
+    from densekd.index.hybrid import fuse
+
+    return fuse(runs, method="rrf", k=2 * depth)
