@@ -13,7 +13,8 @@ On disk (``save_pretrained``)
 -----------------------------
 ``densekd_encoder.json`` (the :class:`DenseEncoderConfig`), the HF model + tokenizer files in the
 folder itself (shared tower) or in ``query/`` and ``passage/`` (separate towers), and
-``projection.safetensors`` when a projection is used. Weights are safetensors only.
+``projection.safetensors`` when a projection is used, ``passage_head.safetensors`` when the passage side
+has a trainable head (:mod:`densekd.encoders.passage_head`). Weights are safetensors only.
 ``from_pretrained`` also accepts any plain HF checkpoint and sentence-transformers folders (whose
 pooling, normalisation and max length it reads).
 """
@@ -25,7 +26,7 @@ import dataclasses
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from densekd.data.io import DataFormatError, atomic_write
 from densekd.data.types import Passage
+from densekd.encoders.cached_passages import CachedPassages, PassageStateTable
+from densekd.encoders.passage_head import PASSAGE_HEADS, build_passage_head
 from densekd.encoders.pooling import POOLING_MODES, pool
 from densekd.encoders.st_folder import read_st_folder
 from densekd.encoders.tokenize import length_sorted_batches, tokenize_texts
@@ -92,6 +95,9 @@ class DenseEncoderConfig:
         Truncation lengths in tokens.
     query_prefix, passage_prefix
         Strings prepended before tokenising (e.g. ``"query: "`` for E5-style checkpoints).
+    passage_head
+        ``None`` or ``"gated"``: a trainable head over the passage tower's token states
+        (:class:`~densekd.encoders.passage_head.GatedResidualHead`) that corrects the passage vectors.
     """
 
     model_name_or_path: str | None = None
@@ -103,10 +109,15 @@ class DenseEncoderConfig:
     passage_max_length: int = 256
     query_prefix: str = ""
     passage_prefix: str = ""
+    # not in repr: encoders without a head keep the fingerprints (cache keys) they had before the field
+    # existed; a head's weights are in the state dict, so a headed encoder's fingerprint differs anyway
+    passage_head: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.passage_head is not None and self.passage_head not in PASSAGE_HEADS:
+            raise ValueError(f"passage_head must be one of {PASSAGE_HEADS} or null, got {self.passage_head!r}")
 
 
 def _load_tower(path: str) -> nn.Module:
@@ -130,14 +141,18 @@ class DenseEncoder(nn.Module):
     """
 
     def __init__(self, config: DenseEncoderConfig, query_model: nn.Module, passage_model: nn.Module | None,
-                 tokenizer: Any, projection: nn.Linear | None = None):
+                 tokenizer: Any, projection: nn.Linear | None = None, passage_head: nn.Module | None = None):
         super().__init__()
+        if (config.passage_head is None) != (passage_head is None):
+            raise ValueError(f"config.passage_head={config.passage_head!r} but passage_head module is "
+                             f"{type(passage_head).__name__}")
         self.config = config
         self.query_model = query_model
         # shared towers: the passage side *is* the query module (one set of parameters)
         self.passage_model = query_model if passage_model is None else passage_model
         self.tokenizer = tokenizer
         self.projection = projection
+        self.passage_head = passage_head
         self.source_path: str | None = None  # the folder from_pretrained read, if any
 
     # ----------------------------------------------------------------------------- construction
@@ -182,7 +197,11 @@ class DenseEncoder(nn.Module):
                 state = {k.removeprefix("linear."): v for k, v in load_file(str(st_projection)).items()}
                 state.setdefault("bias", torch.zeros(config.projection_dim))
                 projection.load_state_dict(state)
-        encoder = cls(config, query_model, passage_model, tokenizer, projection)
+        hidden = query_model.config.hidden_size
+        saved_head = (root / CONFIG_NAME).is_file() and saved.get("passage_head") == config.passage_head
+        head = build_passage_head(config.passage_head, hidden, config.projection_dim or hidden,
+                                  root if saved_head else None)  # a head asked for by override starts at zero
+        encoder = cls(config, query_model, passage_model, tokenizer, projection, head)
         # where exports of this checkpoint (ONNX backends) may be cached beside it
         encoder.source_path = str(root)
         return encoder
@@ -213,9 +232,12 @@ class DenseEncoder(nn.Module):
         return tokenize_texts(self.tokenizer, texts, self.config.passage_prefix, self.config.passage_max_length)
 
     # ----------------------------------------------------------------------------- forward
-    def _embed(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _embed(self, model: nn.Module, batch: dict[str, torch.Tensor], passage: bool = False) -> torch.Tensor:
         hidden = model(**batch).last_hidden_state                       # [B, L, H]
-        return self.vectors_from_hidden(hidden, batch["attention_mask"])
+        vectors = self.vectors_from_hidden(hidden, batch["attention_mask"])
+        if passage and self.passage_head is not None:
+            vectors = self.passage_head(hidden, batch["attention_mask"], vectors, self.config.normalize)
+        return vectors
 
     def vectors_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled, projected, normalised vectors ``[B, D]`` from token states ``hidden[B, L, H]``.
@@ -234,12 +256,17 @@ class DenseEncoder(nn.Module):
         """Query vectors ``[B, D]`` for a tokenised batch (differentiable)."""
         return self._embed(self.query_model, batch)
 
-    def encode_passage(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Passage vectors ``[B, D]`` for a tokenised batch (differentiable)."""
-        return self._embed(self.passage_model, batch)
+    def encode_passage(self, batch: dict[str, torch.Tensor] | CachedPassages) -> torch.Tensor:
+        """Passage vectors ``[B, D]`` for a tokenised batch (differentiable), or for the
+        :class:`CachedPassages` of a frozen tower (their vectors, corrected by the passage head if any)."""
+        if isinstance(batch, CachedPassages):
+            if self.passage_head is None:
+                return batch.vectors
+            return self.passage_head(batch.hidden, batch.attention_mask, batch.vectors, self.config.normalize)
+        return self._embed(self.passage_model, batch, passage=True)
 
     def forward(self, query: dict[str, torch.Tensor] | None = None,
-                passage: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                passage: dict[str, torch.Tensor] | CachedPassages | None = None) -> dict[str, torch.Tensor]:
         """Encode whichever sides are given; returns ``{"query": [Bq, D], "passage": [Bp, D]}``."""
         out = {}
         if query is not None:
@@ -261,7 +288,7 @@ class DenseEncoder(nn.Module):
         bar = tqdm(total=len(texts), desc=f"encode {side}s", unit="text", disable=not show_progress)
         # length-sorted batches: each pads to nearly its own length
         for idx, batch in length_sorted_batches(self.tokenizer, texts, prefix, max_len, batch_size):
-            out[idx] = self._embed(model, batch).float().cpu().numpy()
+            out[idx] = self._embed(model, batch, passage=side == "passage").float().cpu().numpy()
             bar.update(len(idx))
         bar.close()
         self.train(was_training)
@@ -276,6 +303,17 @@ class DenseEncoder(nn.Module):
         """Passage vectors ``np.float32[N, D]``, in input order; ``Passage`` records use ``full_text()``."""
         texts = [t.full_text() if isinstance(t, Passage) else t for t in texts]
         return self._encode_texts(texts, "passage", batch_size, show_progress)
+
+    @torch.inference_mode()
+    def encode_cached_passages(self, table: PassageStateTable, pids: list[str], batch_size: int = 256) -> np.ndarray:
+        """Passage vectors ``np.float32[N, D]`` of ``pids`` from a table of this encoder's frozen passage
+        states (:class:`~densekd.index.token_states.PassageTokenStates`): no tower pass, seconds for a
+        corpus. Equal to :meth:`encode_passages` up to the table's float16 rounding."""
+        out = np.empty((len(pids), self.dim), dtype=np.float32)
+        for start in range(0, len(pids), batch_size):
+            cached = table.lookup(pids[start:start + batch_size])
+            out[start:start + batch_size] = self.encode_passage(cached).float().cpu().numpy()
+        return out
 
     # ----------------------------------------------------------------------------- saving
     def save_pretrained(self, out_dir: str | os.PathLike) -> None:
@@ -292,6 +330,8 @@ class DenseEncoder(nn.Module):
         if self.projection is not None:
             save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()},
                       str(out / PROJECTION_NAME))
+        if self.passage_head is not None:
+            self.passage_head.save(out)
         # the config goes last: its presence marks a complete densekd folder
         with atomic_write(out / CONFIG_NAME) as f:
             json.dump(dataclasses.asdict(self.config), f, indent=2)
@@ -300,26 +340,39 @@ class DenseEncoder(nn.Module):
         """Save as a sentence-transformers folder that ``SentenceTransformer(out_dir)`` loads.
 
         A shared-tower encoder becomes one module pipeline (``encode`` gives the passage embeddings).
-        Separate towers (e.g. every ``query_only`` student) become a sentence-transformers ``Router``
-        with a ``query`` and a ``document`` route, so that ``encode_query`` / ``encode_document`` give
+        Separate towers (e.g. every ``query_only`` student) or a passage head become a sentence-transformers
+        ``Router`` with a ``query`` and a ``document`` route (the head last on the document route,
+        :mod:`densekd.encoders.st_passage_head`), so that ``encode_query`` / ``encode_document`` give
         this encoder's query / passage embeddings (tested against both towers). Prefixes are not
-        exported: pass them as ``prompt=`` to ``encode``.
+        exported: pass them as ``prompt=`` to ``encode``. A folder with a passage head loads with
+        ``SentenceTransformer(folder, trust_remote_code=True)`` (its module class is densekd's).
         """
         from sentence_transformers import SentenceTransformer
 
         out = Path(out_dir)
-        if self.config.shared:
+        if self.config.shared and self.passage_head is None:
             modules = self._st_modules(self.query_model, out / "_tower", self.config.passage_max_length)
-        else:
+        else:  # a passage head makes the sides differ even on one tower
             from sentence_transformers.base.modules.router import Router
 
             modules = [Router.for_query_document(
                 self._st_modules(self.query_model, out / "_query", self.config.query_max_length),
-                self._st_modules(self.passage_model, out / "_passage", self.config.passage_max_length))]
+                self._st_modules(self.passage_model, out / "_passage", self.config.passage_max_length)
+                + self._st_head())]
         SentenceTransformer(modules=modules, device="cpu").save(str(out))
         for tmp in ("_tower", "_query", "_passage"):  # the towers were copied into the module folders
             if (out / tmp).is_dir():
                 shutil.rmtree(out / tmp)
+
+    def _st_head(self) -> list[nn.Module]:
+        """The passage head as a sentence-transformers module (none without a head)."""
+        if self.passage_head is None:
+            return []
+        from densekd.encoders.st_passage_head import PassageHeadModule
+
+        module = PassageHeadModule(self.query_model.config.hidden_size, self.dim, self.config.normalize)
+        module.head.load_state_dict(self.passage_head.state_dict())
+        return [module]
 
     def _st_modules(self, tower: nn.Module, tower_dir: Path, max_length: int) -> list[nn.Module]:
         """sentence-transformers modules (Transformer, Pooling, [Dense], [Normalize]) equal to one side."""

@@ -116,6 +116,8 @@ class ErnieSearchModel(DenseEncoder):
     def __init__(self, config: DenseEncoderConfig, model: nn.Module, tokenizer: Any,
                  projection: nn.Linear | None, colbert_head: LateInteractionHead, skip_punctuation: bool = True,
                  passage_model: nn.Module | None = None):
+        if config.passage_head is not None:
+            raise ValueError("ErnieSearchModel has no passage head: its dense and ColBERT heads read the same states")
         if config.shared != (passage_model is None):
             raise ValueError("ErnieSearchModel: a shared config takes one tower; an untied one (shared=False, "
                              "query_only training) needs its passage_model")

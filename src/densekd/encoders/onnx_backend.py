@@ -196,6 +196,8 @@ class OnnxDenseEncoder:
                  num_threads: int | None = None):
         if backend not in BACKENDS or backend == "torch":
             raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
+        if getattr(encoder, "passage_head", None) is not None:  # the exported towers would silently skip it
+            raise ValueError("the ONNX backends export the towers only: an encoder with a passage head runs on torch")
         ort = require("onnxruntime", f"backend {backend!r}")
         self.backend, self.config, self.tokenizer, self.dim = backend, encoder.config, encoder.tokenizer, encoder.dim
         root = Path(export_root) if export_root else default_export_root(getattr(encoder, "source_path", None))

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from densekd.encoders.dense import DenseEncoder
+from densekd.index.faiss_index import FaissIndex
 
 __all__ = ["PassageEmbeddingTable"]
 
@@ -75,3 +76,15 @@ class PassageEmbeddingTable:
         else:
             vectors = torch.from_numpy(np.ascontiguousarray(self.embeddings[rows]))
         return vectors.to(device=device, dtype=dtype)
+
+    def to_faiss(self, factory: str = "Flat", metric: str = "ip", show_progress: bool = False) -> FaissIndex:
+        """A :class:`FaissIndex` of the table's rows (the ``EmbeddingStore.to_faiss`` call, for vectors
+        computed in memory, e.g. a passage head's over cached token states). Trains IVF/PQ factories on
+        every row; ``show_progress`` is accepted for that signature and unused."""
+        ids = sorted(self.row_of, key=self.row_of.__getitem__)
+        x = np.ascontiguousarray(np.asarray(self.embeddings[[self.row_of[pid] for pid in ids]], dtype=np.float32))
+        index = FaissIndex(self.dim, factory, metric)
+        if not index.is_trained:
+            index.train(x)
+        index.add(ids, x)
+        return index

@@ -102,6 +102,9 @@ def encode_token_states(encoder: Any, corpus: Corpus | Sequence[Passage], out_di
         raise ValueError(f"need a non-empty corpus, batch_size >= 1 and dtype in {DTYPES}")
     if len({p.id for p in passages}) != len(passages):
         raise ValueError("duplicate passage ids in the corpus")
+    if getattr(encoder, "passage_head", None) is not None:  # the stored vectors would silently skip it
+        raise ValueError("token states are a frozen tower's: encode them with the base encoder, not one with a "
+                         "passage head (the head reads them: DenseEncoder.encode_cached_passages)")
     cfg, out = encoder.config, Path(out_dir)
     key = {"format": FORMAT, "fingerprint": fingerprint, "corpus_digest": corpus_digest(passages),
            "n": len(passages), "dtype": dtype, "max_length": cfg.passage_max_length, "prefix": cfg.passage_prefix}

@@ -223,6 +223,14 @@ class StudentSection:
         (:func:`densekd.pipeline.steps.passage_token_states`) and trains the query side and the ColBERT projection.
     colbert_dim
         Size of the ColBERT token projection (``architecture: ernie`` only).
+    passage_head
+        ``null`` or ``"gated"``: give the passage side a trainable head over the tower's last-layer token
+        states (:mod:`densekd.encoders.passage_head`: a gated mean of the states, linearly mapped and added
+        to the passage vector; zero at the start). With ``train_mode: query_only`` the tower stays frozen and
+        the head trains on cached token states, so a ``query_only`` student can learn passage-side
+        signal its teacher has (on SciFact, the BM25 term). ``architecture: dense`` only.
+    head_learning_rate
+        Learning rate of the passage head (``passage_head`` only; its own optimizer group).
     dark_examples
         ADAM dark examples (:class:`DarkExamplesSection`; off by default). Every teacher member scores
         them like any candidate: the cross-encoder in the annotate step, BM25 with the corpus
@@ -251,6 +259,8 @@ class StudentSection:
     logging_steps: int = 5
     architecture: str = "dense"
     colbert_dim: int = 128
+    passage_head: str | None = None
+    head_learning_rate: float = 1e-3
     dark_examples: DarkExamplesSection = field(default_factory=DarkExamplesSection)
     self_paced: SelfPacedSection = field(default_factory=SelfPacedSection)
     save_steps: int = 50
@@ -261,7 +271,8 @@ class StudentSection:
         from densekd.training.config import DistillConfig
 
         return DistillConfig(group_size=self.group_size, loss=self.loss, train_mode=self.train_mode,
-                             logging_steps=self.logging_steps, **section_training_args(self, checkpoints))
+                             logging_steps=self.logging_steps, head_learning_rate=self.head_learning_rate
+                             if self.passage_head is not None else None, **section_training_args(self, checkpoints))
 
 
 @dataclass
@@ -307,3 +318,20 @@ class PipelineConfig:
                 and self.student.dark_examples.enabled):
             raise ValueError("student.architecture=ernie with train_mode=query_only reads passage token states from "
                              "the corpus cache, which has no dark examples: use train_mode=full")
+        check_passage_head(self.student)
+
+
+def check_passage_head(s: StudentSection) -> None:
+    """``student.passage_head``: a known kind, on a dense student, without dark examples in ``query_only``
+    mode (the head trains on cached corpus token states, which dark examples do not have)."""
+    from densekd.encoders.passage_head import PASSAGE_HEADS
+
+    if s.passage_head is None:
+        return
+    if s.passage_head not in PASSAGE_HEADS:
+        raise ValueError(f"student.passage_head must be one of {PASSAGE_HEADS} or null, got {s.passage_head!r}")
+    if s.architecture != "dense":
+        raise ValueError("student.passage_head needs student.architecture=dense (ERNIE-Search's heads share its states)")
+    if s.train_mode == "query_only" and s.dark_examples.enabled:
+        raise ValueError("student.passage_head with train_mode=query_only trains on cached corpus token states, "
+                         "which dark examples do not have: use train_mode=full or turn dark_examples off")

@@ -169,7 +169,7 @@ def member_student(student: Any, section: Any, seed: int, n_queries: int) -> Any
     The batch holds at most the member's ``n_queries`` (a small fold would otherwise make no step).
     """
     return dataclasses.replace(
-        student, train_mode="query_only", architecture="dense", loss={"contrastive": {"temperature": section.temperature}},
+        student, train_mode="query_only", architecture="dense", passage_head=None, loss={"contrastive": {"temperature": section.temperature}},
         batch_size=max(1, min(student.batch_size, n_queries)), group_size=section.group_size or student.group_size,
         epochs=section.epochs, max_steps=-1, learning_rate=section.learning_rate, seed=seed, eval_steps=0,
         passage_max_length=member_length(section, student),

@@ -63,12 +63,13 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
 
             dataset = SelfPacedDataset(dataset, SelfPacedSelector(groups, s.self_paced.to_config()))
             callbacks.append(SelfPacedLogCallback(dataset))
-        if s.eval_steps:
+        table = _passage_table(ctx, s, store)
+        if s.eval_steps:  # query_only: frozen vectors, or the token states a passage head reads
+            frozen = (table if s.passage_head is not None else store) if s.train_mode == "query_only" else None
             callbacks.append(RetrievalEvalCallback(ctx.queries, ctx.corpus, ctx.eval_qrels,
-                                                   every_n_steps=s.eval_steps, passage_embeddings=store
-                                                   if s.train_mode == "query_only" else None))
+                                                   every_n_steps=s.eval_steps, passage_embeddings=frozen))
         trainer = DistillTrainer(model=encoder, args=args, train_dataset=dataset, callbacks=callbacks,
-                                 passage_embeddings=_passage_table(ctx, s, store))
+                                 passage_embeddings=table)
         summary = steps.train_resumable(trainer, checkpoints, "student", out)
         encoder.save_pretrained(out / "model")
         n = summary.pop("steps_this_run") * s.batch_size  # this process's steps only
@@ -89,16 +90,18 @@ def _build_student(s: Any) -> Any:
 
         torch.manual_seed(s.seed)  # the ColBERT head is new: seed its initialisation
         return ErnieSearchModel.from_pretrained(s.model, colbert_dim=s.colbert_dim, **lengths)
+    if s.passage_head is not None:
+        return DenseEncoder.from_pretrained(s.model, passage_head=s.passage_head, **lengths)  # a new head: zero
     return DenseEncoder.from_pretrained(s.model, **lengths)
 
 
 def _passage_table(ctx: steps.Context, s: Any, store: Any) -> Any:
     """The frozen passage side a ``query_only`` student reads (``None`` in full mode): the cached passage
-    vectors ``store``, or for an ERNIE-Search student the start model's cached token states (its ColBERT
-    head needs passage tokens; their pooled vectors are the same as ``store``'s)."""
+    vectors ``store``, or for an ERNIE-Search student or one with a passage head the start model's cached
+    token states (those heads read passage tokens; their pooled vectors are the same as ``store``'s)."""
     if s.train_mode != "query_only":
         return None
-    if s.architecture == "ernie":
+    if s.architecture == "ernie" or s.passage_head is not None:
         return steps.passage_token_states(ctx, s.model, s.passage_max_length, "student")
     return store
 
@@ -114,16 +117,26 @@ def _student_settings(s: Any) -> dict[str, Any]:
             del settings[name]
     if settings["architecture"] == "dense":
         del settings["architecture"], settings["colbert_dim"]
+    if settings["passage_head"] is None:
+        del settings["passage_head"], settings["head_learning_rate"]
     return settings
 
 
 def student_dev_run(ctx: steps.Context, model_dir: Path, zero_shot_store: Any) -> Run:
     """The trained student's run on the evaluation queries (a ``query_only`` student searches the frozen
-    zero-shot vectors; a fully trained one re-encodes the corpus, cached)."""
+    zero-shot vectors, or its passage head's over the cached token states; a fully trained one
+    re-encodes the corpus, cached)."""
     from densekd.encoders.dense import DenseEncoder
+    from densekd.index.passage_table import PassageEmbeddingTable
 
     encoder = DenseEncoder.from_pretrained(model_dir)
-    if ctx.cfg.student.train_mode == "query_only":
+    s = ctx.cfg.student
+    if s.train_mode == "query_only" and encoder.passage_head is not None:
+        # frozen tower, trained head: the head over the base model's cached token states (seconds)
+        states = steps.passage_token_states(ctx, s.model, s.passage_max_length, "student")
+        vectors = encoder.encode_cached_passages(states, states.ids)
+        return steps.dense_run(encoder, PassageEmbeddingTable(states.ids, vectors), ctx)
+    if s.train_mode == "query_only":
         # the passage tower is frozen: the base model's cached corpus vectors are the student's
         store = zero_shot_store
     else:

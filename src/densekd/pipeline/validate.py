@@ -40,6 +40,7 @@ RATIO_BELOW_1: Rule = (lambda x: 0 <= x < 1, "in [0, 1)")
 RULES: dict[str, Rule] = {
     "epochs": POSITIVE,
     "learning_rate": POSITIVE,
+    "head_learning_rate": POSITIVE,
     "temperature": POSITIVE,
     "warmup_ratio": RATIO_BELOW_1,
     "max_steps": STEPS_OR_ALL,

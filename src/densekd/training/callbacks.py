@@ -35,6 +35,7 @@ import numpy as np
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from densekd.data.types import Corpus, Qrels, Queries, Run
+from densekd.encoders.cached_passages import PassageStateTable
 from densekd.eval.metrics import check_metrics, evaluate
 from densekd.index.passage_table import PassageEmbeddingTable
 from densekd.teachers.rerank import dot_scores
@@ -80,7 +81,8 @@ class RetrievalEvalCallback(TrainerCallback):
     passage_embeddings
         Precomputed passage vectors (anything :meth:`PassageEmbeddingTable.coerce` accepts, e.g. the
         ``EmbeddingStore`` the pipeline already cached) for a frozen passage side: evaluations then
-        never encode a passage.
+        never encode a passage. For a student with a passage head: its base model's token states
+        (:class:`~densekd.index.token_states.PassageTokenStates`), read through the head at each evaluation.
 
     Notes
     -----
@@ -103,7 +105,8 @@ class RetrievalEvalCallback(TrainerCallback):
         self.batch_size, self.prefix = batch_size, prefix
         self.pids = self._passage_ids()
         self._cached_passages: np.ndarray | None = None
-        if passage_embeddings is not None:
+        self._states = passage_embeddings if isinstance(passage_embeddings, PassageStateTable) else None
+        if passage_embeddings is not None and self._states is None:
             table = PassageEmbeddingTable.coerce(passage_embeddings)
             self._cached_passages = np.asarray(table.embeddings[[table.row_of[pid] for pid in self.pids]])
         self._pending: dict[str, float] = {}
@@ -119,6 +122,8 @@ class RetrievalEvalCallback(TrainerCallback):
 
     # ------------------------------------------------------------------------------------- scoring
     def _passage_vectors(self, encoder: Any) -> np.ndarray:
+        if self._states is not None:  # frozen tower, trained passage head: the head over the cached states
+            return encoder.encode_cached_passages(self._states, self.pids, batch_size=self.batch_size)
         if self._cached_passages is not None and _passage_side_frozen(encoder):
             return self._cached_passages
         vectors = encoder.encode_passages([self.corpus[pid] for pid in self.pids], batch_size=self.batch_size,

@@ -74,6 +74,10 @@ class DistillConfig(DensekdArguments):
     use_in_batch_negatives
         Also score each query against every passage of the (DDP-global) batch, which losses such as
         ``contrastive`` use when present.
+    head_learning_rate
+        Learning rate of a passage head (``DenseEncoder.passage_head``; its own optimizer group, no weight
+        decay). ``None`` = ``learning_rate``. A new head starts at zero and is small beside the tower: the
+        tower's fine-tuning rate barely moves it in a few hundred steps.
     eval_metrics, eval_retrieval_steps
         Deprecated and never read: ``None`` is the only accepted value (anything else is an error
         pointing at :class:`~densekd.training.callbacks.RetrievalEvalCallback`).
@@ -96,6 +100,9 @@ class DistillConfig(DensekdArguments):
                           "passage vectors from a cached embedding table.", "choices": list(TRAIN_MODES)})
     use_in_batch_negatives: bool = field(
         default=True, metadata={"help": "Score queries against all passages of the (global) batch too."})
+    head_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the student's passage head, if it has one (own optimizer "
+                                        "group, no weight decay); None = learning_rate."})
     eval_metrics: list[str] | None = field(
         default=None, metadata={"help": "Deprecated, never read: use RetrievalEvalCallback(metrics=...)."})
     eval_retrieval_steps: int | None = field(
@@ -118,6 +125,8 @@ class DistillConfig(DensekdArguments):
             raise ValueError("group_size=1 has no negatives: set use_in_batch_negatives=True or group_size >= 2")
         if self.train_mode not in TRAIN_MODES:
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
+        if self.head_learning_rate is not None and not self.head_learning_rate > 0:
+            raise ValueError(f"head_learning_rate must be > 0 or None, got {self.head_learning_rate!r}")
         self._validate_loss()
 
     def _validate_loss(self) -> None:

@@ -39,6 +39,10 @@ both sides, so it must stay fixed for cached vectors to stay valid) are frozen, 
 come from ``passage_embeddings`` by id: no passage forward pass at all. The table must have been
 computed with this encoder's passage side (e.g. :meth:`PassageEmbeddingTable.from_encoder` or an
 ``index.encode.EmbeddingStore``) and must cover every candidate id, extra passages included.
+A student with a passage head (``DenseEncoder.passage_head``, :mod:`densekd.encoders.passage_head`)
+instead reads the frozen tower's token states (a :class:`~densekd.index.token_states.PassageTokenStates`):
+they go through ``model.forward`` as :class:`~densekd.encoders.cached_passages.CachedPassages`, so the
+head trains (and DDP sees it) while the tower stays frozen.
 
 Gradient accumulation and ``num_items_in_batch``
 ------------------------------------------------
@@ -62,6 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from densekd.encoders.cached_passages import PassageStateTable
 from densekd.encoders.dense import CONFIG_NAME, DenseEncoder
 from densekd.index.passage_table import PassageEmbeddingTable
 from densekd.losses import InBatchScores, ScoreBatch, WeightedSum, build_loss, global_in_batch, group_scores
@@ -82,6 +87,18 @@ def freeze_passage_side(encoder: DenseEncoder) -> None:
         param.requires_grad_(False)
     if encoder.projection is not None:
         encoder.projection.requires_grad_(False)
+
+
+def _state_table(model: DenseEncoder, table: Any) -> PassageStateTable:
+    """The token-state table a ``query_only`` student with a passage head trains on, checked against it."""
+    if not isinstance(table, PassageStateTable):
+        raise TypeError(f"a student with a passage head trains query_only on cached token states (a PassageTokenStates "
+                        f"of its base model), not on a {type(table).__name__}")
+    hidden = model.query_model.config.hidden_size
+    if table.hidden_size != hidden or table.dim != model.dim:
+        raise ValueError(f"token states have hidden size {table.hidden_size} / vector dim {table.dim}; "
+                         f"this model has {hidden} / {model.dim}")
+    return table
 
 
 def _check_dataset(args: DistillConfig, dataset: Any) -> None:
@@ -160,12 +177,28 @@ class DistillTrainer(CheckpointTrainer):
         if callable(getattr(model, "check_passage_cache", None)):
             # a multi-head model reads its own kind of table (ERNIE-Search: cached token states)
             table = model.check_passage_cache(passage_embeddings)
+        elif getattr(model, "passage_head", None) is not None:
+            # the passage head trains on the frozen tower's token states, not on finished vectors
+            table = _state_table(model, passage_embeddings)
         else:
             table = PassageEmbeddingTable.coerce(passage_embeddings)
             if table.dim != model.dim:
                 raise ValueError(f"passage embeddings have dim {table.dim} but the encoder produces {model.dim}")
         freeze_passage_side(model)
         return table
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """HF's optimizer, with a passage head's parameters in their own group at ``args.head_learning_rate``."""
+        optimizer = super().create_optimizer(model)
+        head = getattr(self.model, "passage_head", None)
+        if head is None or self.args.head_learning_rate is None:
+            return optimizer
+        ids = {id(p) for p in head.parameters()}
+        for group in optimizer.param_groups:  # before the first step: no optimizer state to move
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
+        optimizer.add_param_group({"params": [p for p in head.parameters() if p.requires_grad],
+                                   "lr": self.args.head_learning_rate, "weight_decay": 0.0})
+        return optimizer
 
     # ------------------------------------------------------------------------------------- loss
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -190,12 +223,14 @@ class DistillTrainer(CheckpointTrainer):
                 self._track_components(components)
             return (components[TOTAL_KEY], heads) if return_outputs else components[TOTAL_KEY]
         # through `model` (possibly DDP-wrapped), never model.module.encode_*: DDP must see the forward
-        vectors = model(query=inputs["query"], passage=inputs["passage"])
+        flat = [pid for group in inputs["pids"] for pid in group]
+        states = self.passage_table is not None and isinstance(self.passage_table, PassageStateTable)
+        passage = self.passage_table.lookup(flat, inputs["query"]["input_ids"].device) if states else inputs["passage"]
+        vectors = model(query=inputs["query"], passage=passage)                # a passage head runs in forward
         q = vectors["query"]                                                   # [B, D]
-        if self.passage_table is None:
+        if self.passage_table is None or states:
             p = vectors["passage"]                                             # [B*G, D]
         else:
-            flat = [pid for group in inputs["pids"] for pid in group]
             p = self.passage_table.lookup(flat, q.device, q.dtype)             # [B*G, D], frozen
         components = self.loss_fn(self._score_batch(q, p, inputs))
         if model.training:
