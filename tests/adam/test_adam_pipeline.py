@@ -146,8 +146,11 @@ def test_adam_sections_are_off_by_default_and_keep_old_student_keys():
     assert not student.dark_examples.enabled and not student.self_paced.enabled
     settings = _student_settings(student)
     names = {f.name for f in dataclasses.fields(StudentSection)}
-    # the default dense architecture is left out of the key too (it predates the ERNIE option)
-    assert set(settings) == names - {"dark_examples", "self_paced", "architecture", "colbert_dim", "save_steps"}
+    # the default dense architecture and the absent passage head are left out of the key too (they predate it)
+    assert set(settings) == names - {"dark_examples", "self_paced", "architecture", "colbert_dim", "save_steps",
+                                     "passage_head", "head_learning_rate"}
+    headed = _student_settings(dataclasses.replace(student, passage_head="gated"))
+    assert headed["passage_head"] == "gated" and headed["head_learning_rate"] == student.head_learning_rate
     on = dataclasses.replace(student, self_paced=SelfPacedSection(enabled=True))
     assert "self_paced" in _student_settings(on)
     ernie = _student_settings(dataclasses.replace(student, architecture="ernie"))
@@ -180,9 +183,12 @@ def test_scifact_adam_config_shares_the_kd_data_and_cache():
     # the same data, one-time caches, candidates and teacher: every teacher member scores the dark examples,
     # so ADAM distils the scifact-kd teacher and differs from it only in the student's candidate lists
     assert (adam.data, adam.cache_dir, adam.mining, adam.teacher) == (kd.data, kd.cache_dir, kd.mining, kd.teacher)
-    assert {k: v for k, v in dataclasses.asdict(adam.student).items() if k not in ("dark_examples", "self_paced")} \
-        == {k: v for k, v in dataclasses.asdict(kd.student).items() if k not in ("dark_examples", "self_paced")}
+    # and the passage head, which trains on cached corpus token states that dark examples do not have
+    other = ("dark_examples", "self_paced", "passage_head", "head_learning_rate")
+    assert {k: v for k, v in dataclasses.asdict(adam.student).items() if k not in other} \
+        == {k: v for k, v in dataclasses.asdict(kd.student).items() if k not in other}
     assert adam.student.dark_examples.enabled and not adam.student.self_paced.enabled
+    assert adam.student.passage_head is None and kd.student.passage_head == "gated"
     assert adam.output_dir != kd.output_dir
 
 
