@@ -16,7 +16,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["CachedPassages", "PassageStateTable"]
+__all__ = ["CachedPassages", "PassageStateTable", "check_state_table"]
 
 
 class CachedPassages(NamedTuple):
@@ -66,3 +66,19 @@ class PassageStateTable(Protocol):
                dtype: torch.dtype = torch.float32) -> CachedPassages:
         """Padded :class:`CachedPassages` of ``pids`` on ``device``, no gradient."""
         ...
+
+
+def check_state_table(table: object, hidden_size: int, dim: int, reader: str) -> PassageStateTable:
+    """``table`` as the token-state table of a model with hidden size ``hidden_size`` and vector dim ``dim``.
+
+    ``reader`` names what reads it, for the error. A table of finished vectors (or a folder path: the index
+    layer opens those, ``PassageTokenStates.load``) is a ``TypeError``; other widths a ``ValueError``.
+    """
+    if not isinstance(table, PassageStateTable):
+        raise TypeError(f"{reader} reads cached passage token states, not a {type(table).__name__}: pass a "
+                        "PassageTokenStates (densekd.index.token_states.encode_token_states of its base model, "
+                        "or PassageTokenStates.load(folder))")
+    if table.hidden_size != hidden_size or table.dim != dim:
+        raise ValueError(f"token states have hidden size {table.hidden_size} / vector dim {table.dim}; "
+                         f"this model has {hidden_size} / {dim}")
+    return table

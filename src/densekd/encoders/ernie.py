@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from densekd.encoders.cached_passages import CachedPassages, PassageStateTable
+from densekd.encoders.cached_passages import CachedPassages, PassageStateTable, check_state_table
 from densekd.encoders.dense import DenseEncoder, DenseEncoderConfig, resolve_model_path
 from densekd.encoders.late_interaction import (
     LI_HEAD_NAME,
@@ -179,15 +179,8 @@ class ErnieSearchModel(DenseEncoder):
     def check_passage_cache(self, table: Any) -> PassageStateTable:
         """The ``query_only`` passage table (a :class:`~densekd.index.token_states.PassageTokenStates`
         or anything with its ``hidden_size``, ``dim`` and ``lookup``), checked against this model."""
-        if not isinstance(table, PassageStateTable):
-            # a folder is opened by the index layer (PassageTokenStates.load), which this layer must not import
-            raise TypeError(f"cannot use {type(table).__name__} as passage token states: pass a PassageTokenStates "
-                            "(densekd.index.token_states.encode_token_states, or PassageTokenStates.load(folder))")
-        hidden = self.query_model.config.hidden_size
-        if table.hidden_size != hidden or table.dim != self.dim:
-            raise ValueError(f"token states have hidden size {table.hidden_size} / vector dim {table.dim}; "
-                             f"this model has {hidden} / {self.dim}")
-        return table
+        # a folder is opened by the index layer (PassageTokenStates.load), which this layer must not import
+        return check_state_table(table, self.query_model.config.hidden_size, self.dim, "ErnieSearchModel")
 
     # ----------------------------------------------------------------------------- heads
     def embed(self, batch: dict[str, Tensor], passage: bool) -> ErnieEmbeddings:

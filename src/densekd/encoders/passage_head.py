@@ -77,10 +77,8 @@ def build_passage_head(kind: str | None, hidden_size: int, dim: int, folder: Pat
     A folder whose config names a head but holds no weights file is refused: loading it with a fresh
     (zero) head would silently give the base model's vectors.
     """
-    if kind is None:
+    if kind is None:  # kind is a validated DenseEncoderConfig.passage_head
         return None
-    if kind not in PASSAGE_HEADS:
-        raise ValueError(f"passage_head must be one of {PASSAGE_HEADS} or null, got {kind!r}")
     head = GatedResidualHead(hidden_size, dim)
     if folder is not None:
         path = folder / PASSAGE_HEAD_NAME

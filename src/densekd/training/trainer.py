@@ -66,7 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from densekd.encoders.cached_passages import PassageStateTable
+from densekd.encoders.cached_passages import PassageStateTable, check_state_table
 from densekd.encoders.dense import CONFIG_NAME, DenseEncoder
 from densekd.index.passage_table import PassageEmbeddingTable
 from densekd.losses import InBatchScores, ScoreBatch, WeightedSum, build_loss, global_in_batch, group_scores
@@ -87,18 +87,6 @@ def freeze_passage_side(encoder: DenseEncoder) -> None:
         param.requires_grad_(False)
     if encoder.projection is not None:
         encoder.projection.requires_grad_(False)
-
-
-def _state_table(model: DenseEncoder, table: Any) -> PassageStateTable:
-    """The token-state table a ``query_only`` student with a passage head trains on, checked against it."""
-    if not isinstance(table, PassageStateTable):
-        raise TypeError(f"a student with a passage head trains query_only on cached token states (a PassageTokenStates "
-                        f"of its base model), not on a {type(table).__name__}")
-    hidden = model.query_model.config.hidden_size
-    if table.hidden_size != hidden or table.dim != model.dim:
-        raise ValueError(f"token states have hidden size {table.hidden_size} / vector dim {table.dim}; "
-                         f"this model has {hidden} / {model.dim}")
-    return table
 
 
 def _check_dataset(args: DistillConfig, dataset: Any) -> None:
@@ -179,7 +167,8 @@ class DistillTrainer(CheckpointTrainer):
             table = model.check_passage_cache(passage_embeddings)
         elif getattr(model, "passage_head", None) is not None:
             # the passage head trains on the frozen tower's token states, not on finished vectors
-            table = _state_table(model, passage_embeddings)
+            table = check_state_table(passage_embeddings, model.query_model.config.hidden_size, model.dim,
+                                      "a student with a passage head")
         else:
             table = PassageEmbeddingTable.coerce(passage_embeddings)
             if table.dim != model.dim:
