@@ -196,7 +196,8 @@ def markdown(r: dict[str, Any]) -> str:
     s = r["settings"]
     return (f"SciFact dev; students: {s['student']['train_mode']}, {s['student']['epochs']:g} epochs, lr "
             f"{s['student']['learning_rate']}, batch {s['student']['batch_size']} x group {s['student']['group_size']}, "
-            f"passage length {s['student']['passage_max_length']}, seeds {s['seeds']}; distilled loss "
+            f"passage length {s['student']['passage_max_length']}, passage head "
+            f"{s['student'].get('passage_head') or 'none'} (both arms), seeds {s['seeds']}; distilled loss "
             f"{s['student']['loss']}, labels-only: its InfoNCE term alone; {s['data']['pseudo_queries']} "
             f"self-supervised queries. Mean and std over seeds.\n\n"
             + markdown_table(["system", "nDCG@10", "std", "R@100"], table)
