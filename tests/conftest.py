@@ -108,3 +108,25 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def toy_train(toy_beir_dir: Path):
+    """``BeirData`` of the toy set (train split): 8 passages, 5 queries."""
+    from densekd.data.beir import load_beir  # inside: the offline settings above come before any densekd import
+
+    return load_beir(toy_beir_dir, "train")
+
+
+@pytest.fixture(scope="session")
+def toy_groups(toy_train) -> list:
+    """One group per query: relevant docs positive, every other doc negative, distinct teacher logits."""
+    from densekd.data.types import TrainGroup
+
+    groups = []
+    for qid, rels in toy_train.qrels.items():
+        pos = [pid for pid, rel in rels.items() if rel > 0]
+        neg = [pid for pid in toy_train.corpus if pid not in pos]
+        groups.append(TrainGroup(qid, pos, neg, teacher_scores={pid: 8.0 for pid in pos}
+                                 | {pid: float(i) for i, pid in enumerate(neg)}))
+    return groups

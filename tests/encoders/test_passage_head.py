@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
-from densekd.data.beir import load_beir
-from densekd.data.types import TrainGroup
 from densekd.encoders.dense import DenseEncoder
 from densekd.encoders.passage_head import PASSAGE_HEAD_NAME, GatedResidualHead
 from densekd.index.token_states import encode_token_states
@@ -19,11 +16,6 @@ from densekd.training import DistillConfig, DistillTrainer, TrainGroupDataset
 
 TEXTS = ["Aspirin reduces the risk of heart attack.", "Paris is the capital of France.", "short",
          "A much longer passage that keeps going, " * 6]
-
-
-@pytest.fixture
-def toy(toy_beir_dir: Path):
-    return load_beir(toy_beir_dir, "train")
 
 
 def _headed(tiny_bert_path: str, seed: int = 0) -> DenseEncoder:
@@ -91,16 +83,16 @@ def test_save_load_and_sentence_transformers_export_give_the_same_vectors(tiny_b
         DenseEncoder.from_pretrained(tiny_bert_path, passage_head="attention")
 
 
-def test_cached_states_give_the_encoders_passage_vectors(tiny_bert_path, toy, tmp_path):
+def test_cached_states_give_the_encoders_passage_vectors(tiny_bert_path, toy_train, tmp_path):
     enc = _headed(tiny_bert_path)
-    states = encode_token_states(DenseEncoder.from_pretrained(tiny_bert_path), toy.corpus, tmp_path / "s",
+    states = encode_token_states(DenseEncoder.from_pretrained(tiny_bert_path), toy_train.corpus, tmp_path / "s",
                                  batch_size=3, dtype="float32", fingerprint="tiny", show_progress=False)
-    texts = [toy.corpus[pid].full_text() for pid in states.ids]
+    texts = [toy_train.corpus[pid].full_text() for pid in states.ids]
     np.testing.assert_allclose(enc.encode_cached_passages(states, states.ids, batch_size=3),
                                enc.encode_passages(texts, batch_size=3, show_progress=False), atol=1e-5)
     # paths that would skip the head refuse it: token states of a headed encoder, ONNX towers
     with pytest.raises(ValueError, match="base encoder"):
-        encode_token_states(enc, toy.corpus, tmp_path / "s2", dtype="float32", show_progress=False)
+        encode_token_states(enc, toy_train.corpus, tmp_path / "s2", dtype="float32", show_progress=False)
     assert not (tmp_path / "s2").exists()
     from densekd.encoders.onnx_backend import OnnxDenseEncoder
 
@@ -108,25 +100,17 @@ def test_cached_states_give_the_encoders_passage_vectors(tiny_bert_path, toy, tm
         OnnxDenseEncoder(enc, export_root=tmp_path / "onnx")
 
 
-def _groups(toy) -> list[TrainGroup]:
-    groups = []
-    for qid, rels in toy.qrels.items():
-        pos = [pid for pid, rel in rels.items() if rel > 0]
-        neg = [pid for pid in toy.corpus if pid not in pos]
-        groups.append(TrainGroup(qid, pos, neg, {pid: 8.0 for pid in pos} | {pid: float(i) for i, pid in enumerate(neg)}))
-    return groups
-
-
-def test_query_only_training_moves_the_head_and_query_tower_never_the_passage_tower(tiny_bert_path, toy, tmp_path):
+def test_query_only_training_moves_the_head_and_query_tower_never_the_passage_tower(tiny_bert_path, toy_train,
+                                                                                      toy_groups, tmp_path):
     torch.manual_seed(0)
     enc = DenseEncoder.from_pretrained(tiny_bert_path, passage_head="gated")
-    states = encode_token_states(DenseEncoder.from_pretrained(tiny_bert_path), toy.corpus, tmp_path / "s",
+    states = encode_token_states(DenseEncoder.from_pretrained(tiny_bert_path), toy_train.corpus, tmp_path / "s",
                                  batch_size=3, dtype="float32", fingerprint="tiny", show_progress=False)
     args = DistillConfig(output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=2,
                          learning_rate=1e-4, head_learning_rate=1e-2, logging_steps=1, save_strategy="no",
                          use_cpu=True, disable_tqdm=True, group_size=4, train_mode="query_only",
                          loss={"kl": {"weight": 1.0}, "contrastive": {"weight": 1.0}})
-    ds = TrainGroupDataset(_groups(toy), toy.queries, toy.corpus, group_size=4, seed=0)
+    ds = TrainGroupDataset(toy_groups, toy_train.queries, toy_train.corpus, group_size=4, seed=0)
     trainer = DistillTrainer(enc, args, train_dataset=ds, passage_embeddings=states)
     assert trainer.data_collator.tokenize_passage is None
     groups = trainer.create_optimizer().param_groups
@@ -136,7 +120,7 @@ def test_query_only_training_moves_the_head_and_query_tower_never_the_passage_to
     assert all(torch.equal(v, enc.passage_model.state_dict()[k]) for k, v in frozen.items())
     assert enc.passage_head.up.weight.abs().sum() > 0
     # the trained head changes the vectors, and the saved model reproduces them from text
-    texts = [toy.corpus[pid].full_text() for pid in states.ids]
+    texts = [toy_train.corpus[pid].full_text() for pid in states.ids]
     trained = enc.encode_cached_passages(states, states.ids)
     assert np.abs(trained - states.vectors).max() > 1e-4
     trainer.save_model(tmp_path / "final")
@@ -152,7 +136,7 @@ def test_pipeline_run_with_a_passage_head(tmp_path, toy_beir_dir, tiny_bert_path
     from densekd.cli.main import main
 
     cfg = {
-        "name": "toy-head", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+        "name": "toy_train-head", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
         "encode_batch_size": 4, "data": {"root": str(toy_beir_dir)},
         "mining": {"depth": 8, "n_negatives": 3, "rank_range": [0, 8], "sampling": "top", "retrieval": "bm25"},
         "teacher": {"fusion": {"bm25": 1.0}, "rerank_depth": 4},
@@ -161,7 +145,7 @@ def test_pipeline_run_with_a_passage_head(tmp_path, toy_beir_dir, tiny_bert_path
                     "group_size": 3, "passage_max_length": 32, "query_max_length": 16, "logging_steps": 1,
                     "eval_steps": 2},
     }
-    path = tmp_path / "toy.yaml"
+    path = tmp_path / "toy_train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["run", str(path)]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())

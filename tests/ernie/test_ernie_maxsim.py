@@ -51,10 +51,10 @@ def test_ernie_token_mask_skips_punctuation_only_where_asked(ernie_model):
     assert skipped[1].tolist() == plain[1].tolist()
 
 
-def test_ernie_colbert_head_scores_do_not_depend_on_batch_padding(ernie_model, ernie_toy):
+def test_ernie_colbert_head_scores_do_not_depend_on_batch_padding(ernie_model, toy_train):
     """The grouped MaxSim of a padded training batch equals the per-text ragged MaxSim of inference."""
-    queries = [ernie_toy.queries[q].text for q in ("q1", "q5")]
-    passages = [p.full_text() for p in list(ernie_toy.corpus.values())[:4]]  # 2 per query, mixed lengths
+    queries = [toy_train.queries[q].text for q in ("q1", "q5")]
+    passages = [p.full_text() for p in list(toy_train.corpus.values())[:4]]  # 2 per query, mixed lengths
     with torch.no_grad():
         scores = ernie_model.compute_scores(ernie_model.tokenize_queries(queries),
                                             ernie_model.tokenize_passages(passages), group_size=2)

@@ -28,8 +28,8 @@ def _states(model, corpus, tmp_path: Path, dtype: str = "float32") -> PassageTok
                                fingerprint="tiny", show_progress=False)
 
 
-def test_ernie_token_cache_round_trips_ids_masks_and_ragged_offsets(ernie_model, ernie_toy, tmp_path):
-    corpus = ernie_toy.corpus
+def test_ernie_token_cache_round_trips_ids_masks_and_ragged_offsets(ernie_model, toy_train, tmp_path):
+    corpus = toy_train.corpus
     states = _states(ernie_model, corpus, tmp_path)
     texts = [p.full_text() for p in corpus.values()]
     tok = ernie_model.tokenizer(texts, truncation=True, max_length=ernie_model.config.passage_max_length)
@@ -72,10 +72,10 @@ def test_ernie_token_cache_round_trips_ids_masks_and_ragged_offsets(ernie_model,
         PassageTokenStates.load(tmp_path / "states-float32")
 
 
-def test_ernie_query_only_scores_equal_full_mode_scores(ernie_model, ernie_toy, tmp_path):
-    states = _states(ernie_model, ernie_toy.corpus, tmp_path)
+def test_ernie_query_only_scores_equal_full_mode_scores(ernie_model, toy_train, tmp_path):
+    states = _states(ernie_model, toy_train.corpus, tmp_path)
     q = ernie_model.tokenize_queries(QUERIES)
-    p = ernie_model.tokenize_passages([ernie_toy.corpus[pid].full_text() for pid in PIDS])
+    p = ernie_model.tokenize_passages([toy_train.corpus[pid].full_text() for pid in PIDS])
     with torch.no_grad():
         full = ernie_model.compute_scores(q, p, group_size=2)
         freeze_passage_side(ernie_model)  # what the trainer does: untie, freeze the passage tower
@@ -103,9 +103,9 @@ def _trainer(model, data, groups, out: Path, states, **config) -> DistillTrainer
     return DistillTrainer(model, args, train_dataset=ds, passage_embeddings=states)
 
 
-def test_ernie_query_only_trains_the_query_side_and_colbert_head_only(ernie_model, ernie_toy, ernie_groups, tmp_path):
-    states = _states(ernie_model, ernie_toy.corpus, tmp_path)
-    trainer = _trainer(ernie_model, ernie_toy, ernie_groups, tmp_path / "out", states)
+def test_ernie_query_only_trains_the_query_side_and_colbert_head_only(ernie_model, toy_train, toy_groups, tmp_path):
+    states = _states(ernie_model, toy_train.corpus, tmp_path)
+    trainer = _trainer(ernie_model, toy_train, toy_groups, tmp_path / "out", states)
     assert trainer.data_collator.tokenize_passage is None  # no passage is ever tokenised
     assert not any(p.requires_grad for p in ernie_model.passage_model.parameters())
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
@@ -128,7 +128,7 @@ def test_ernie_query_only_trains_the_query_side_and_colbert_head_only(ernie_mode
     # saved: an untied dense retriever whose passage vectors are still the cached (base) ones
     trainer.save_model(tmp_path / "final")
     dense = DenseEncoder.from_pretrained(tmp_path / "final")
-    texts = [p.full_text() for p in ernie_toy.corpus.values()]
+    texts = [p.full_text() for p in toy_train.corpus.values()]
     assert not dense.config.shared
     np.testing.assert_allclose(dense.encode_passages(texts, batch_size=3, show_progress=False), states.vectors,
                                atol=1e-6)
@@ -138,18 +138,18 @@ def test_ernie_query_only_trains_the_query_side_and_colbert_head_only(ernie_mode
         loaded.to_late_interaction_encoder()
     # its ColBERT head reranks over the cached states (the model is the query-token encoder)
     store = states.colbert_store(loaded.colbert_head, loaded.skip_ids)
-    run = late_interaction_search(loaded, store, {qid: ernie_toy.queries[qid] for qid in ("q1", "q4")}, k=3)
+    run = late_interaction_search(loaded, store, {qid: toy_train.queries[qid] for qid in ("q1", "q4")}, k=3)
     assert [len(docs) for docs in run.values()] == [3, 3]
 
 
-def test_ernie_query_only_refusals(ernie_model, ernie_toy, ernie_groups, tiny_bert_path, tmp_path):
+def test_ernie_query_only_refusals(ernie_model, toy_train, toy_groups, tiny_bert_path, tmp_path):
     with pytest.raises(ValueError, match="needs passage_embeddings"):
-        _trainer(ernie_model, ernie_toy, ernie_groups, tmp_path, None)
+        _trainer(ernie_model, toy_train, toy_groups, tmp_path, None)
     with pytest.raises(TypeError, match="PassageTokenStates"):
-        _trainer(ernie_model, ernie_toy, ernie_groups, tmp_path, (["d1"], np.zeros((1, 32), np.float32)))
+        _trainer(ernie_model, toy_train, toy_groups, tmp_path, (["d1"], np.zeros((1, 32), np.float32)))
     other = ErnieSearchModel.from_pretrained(tiny_bert_path, colbert_dim=16, projection_dim=8)
     with pytest.raises(ValueError, match="vector dim 32"):
-        other.check_passage_cache(_states(ernie_model, ernie_toy.corpus, tmp_path))
+        other.check_passage_cache(_states(ernie_model, toy_train.corpus, tmp_path))
     with pytest.raises(ValueError, match="untie"):
         ErnieSearchModel.from_pretrained(tiny_bert_path, shared=False)
 

@@ -32,13 +32,13 @@ def _fixed_loss(trainer: DistillTrainer, data, groups) -> float:
         return float(trainer.compute_loss(trainer.model, batch))
 
 
-def test_ernie_distill_trainer_reduces_the_loss_and_saves_a_dense_retriever(ernie_model, ernie_toy, ernie_groups,
+def test_ernie_distill_trainer_reduces_the_loss_and_saves_a_dense_retriever(ernie_model, toy_train, toy_groups,
                                                                             tmp_path):
-    trainer = _trainer(ernie_model, ernie_toy, ernie_groups, tmp_path)
+    trainer = _trainer(ernie_model, toy_train, toy_groups, tmp_path)
     head_before = ernie_model.colbert_head.linear.weight.detach().clone()
-    before = _fixed_loss(trainer, ernie_toy, ernie_groups)
+    before = _fixed_loss(trainer, toy_train, toy_groups)
     trainer.train()
-    assert _fixed_loss(trainer, ernie_toy, ernie_groups) < before
+    assert _fixed_loss(trainer, toy_train, toy_groups) < before
     assert not torch.equal(head_before, ernie_model.colbert_head.linear.weight)  # the ColBERT head trained too
     steps = [r for r in trainer.state.log_history if "loss" in r]
     assert len(steps) == 6
@@ -48,33 +48,33 @@ def test_ernie_distill_trainer_reduces_the_loss_and_saves_a_dense_retriever(erni
 
     trainer.save_model(tmp_path / "final")
     dense = DenseEncoder.from_pretrained(tmp_path / "final")
-    texts = [p.full_text() for p in ernie_toy.corpus.values()]
+    texts = [p.full_text() for p in toy_train.corpus.values()]
     np.testing.assert_allclose(dense.encode_passages(texts, show_progress=False),
                                ernie_model.encode_passages(texts, show_progress=False), atol=1e-6)
     # resuming goes through the model's own loader (strict: the ColBERT head must be there too)
     fresh = ErnieSearchModel.from_pretrained(tmp_path / "final")
     with torch.no_grad():
         fresh.colbert_head.linear.weight.zero_()
-    _trainer(fresh, ernie_toy, ernie_groups, tmp_path / "r")._load_from_checkpoint(str(tmp_path / "final"))
+    _trainer(fresh, toy_train, toy_groups, tmp_path / "r")._load_from_checkpoint(str(tmp_path / "final"))
     torch.testing.assert_close(fresh.colbert_head.linear.weight, ernie_model.colbert_head.linear.weight)
 
 
-def test_ernie_trainer_without_in_batch_negatives_and_without_teacher(ernie_model, ernie_toy, ernie_groups,
+def test_ernie_trainer_without_in_batch_negatives_and_without_teacher(ernie_model, toy_train, toy_groups,
                                                                       tmp_path):
     from densekd.data.types import TrainGroup
 
-    bare = [TrainGroup(g.qid, g.pos_ids, g.neg_ids) for g in ernie_groups]
+    bare = [TrainGroup(g.qid, g.pos_ids, g.neg_ids) for g in toy_groups]
     sod_only = {"ernie": {"ce_to_colbert_weight": 0.0, "dense_contrastive_weight": 1.0,
                           "colbert_contrastive_weight": 1.0}}
-    trainer = _trainer(ernie_model, ernie_toy, bare, tmp_path, loss=sod_only, max_steps=2,
+    trainer = _trainer(ernie_model, toy_train, bare, tmp_path, loss=sod_only, max_steps=2,
                        use_in_batch_negatives=False)
     trainer.train()
     assert "loss_ernie/kl_colbert_to_dense" in trainer.state.log_history[0]
 
 
-def test_ernie_head_requirements_are_checked_before_training(tiny_bert_path, ernie_model, ernie_toy, ernie_groups,
+def test_ernie_head_requirements_are_checked_before_training(tiny_bert_path, ernie_model, toy_train, toy_groups,
                                                              tmp_path):
     with pytest.raises(ValueError, match="needs score heads \\['colbert'\\]"):
-        _trainer(DenseEncoder.from_pretrained(tiny_bert_path), ernie_toy, ernie_groups, tmp_path)
+        _trainer(DenseEncoder.from_pretrained(tiny_bert_path), toy_train, toy_groups, tmp_path)
     with pytest.raises(ValueError, match="query_only' needs passage_embeddings"):
-        _trainer(ernie_model, ernie_toy, ernie_groups, tmp_path, train_mode="query_only")
+        _trainer(ernie_model, toy_train, toy_groups, tmp_path, train_mode="query_only")
