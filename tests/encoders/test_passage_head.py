@@ -100,6 +100,38 @@ def test_cached_states_give_the_encoders_passage_vectors(tiny_bert_path, toy_tra
         OnnxDenseEncoder(enc, export_root=tmp_path / "onnx")
 
 
+def test_stacked_state_tables_read_as_one(tiny_bert_path, toy_train, tmp_path):
+    """Corpus states + dark-example states: every id's padded states and vector as its own table gives them,
+    in the asked order; an id in neither table is a KeyError naming it."""
+    from densekd.data.types import Passage
+    from densekd.encoders.cached_passages import StackedStateTable
+
+    base = DenseEncoder.from_pretrained(tiny_bert_path)
+    corpus = encode_token_states(base, toy_train.corpus, tmp_path / "c", batch_size=3, dtype="float32",
+                                 show_progress=False)
+    extra = encode_token_states(base, [Passage(f"dark{i}", t) for i, t in enumerate(TEXTS)], tmp_path / "d",
+                                batch_size=3, dtype="float32", show_progress=False)
+    table = StackedStateTable([corpus, extra])
+    pids = ["dark3", corpus.ids[1], "dark2", corpus.ids[0], "dark3"]
+    got = table.lookup(pids)
+    for i, pid in enumerate(pids):
+        own = (extra if pid.startswith("dark") else corpus).lookup([pid])
+        n = own.hidden.shape[1]
+        torch.testing.assert_close(got.hidden[i, :n], own.hidden[0])
+        assert got.attention_mask[i, :n].all() and not got.attention_mask[i, n:].any()
+        assert not got.hidden[i, n:].any() and torch.equal(got.input_ids[i, :n], own.input_ids[0])
+        torch.testing.assert_close(got.vectors[i], own.vectors[0])
+    assert got.hidden.shape[1] == max(c.lookup([p]).hidden.shape[1] for p in pids
+                                      for c in [extra if p.startswith("dark") else corpus])
+    # the head over the stacked table: the encoder's vectors of those texts
+    headed = _headed(tiny_bert_path)
+    texts = {**{f"dark{i}": t for i, t in enumerate(TEXTS)}, **{p: toy_train.corpus[p].full_text() for p in pids[1::2]}}
+    np.testing.assert_allclose(headed.encode_cached_passages(table, pids),
+                               headed.encode_passages([texts[p] for p in pids], show_progress=False), atol=1e-5)
+    with pytest.raises(KeyError, match="nowhere"):
+        table.lookup(["nowhere"])
+
+
 def test_query_only_training_moves_the_head_and_query_tower_never_the_passage_tower(tiny_bert_path, toy_train,
                                                                                       toy_groups, tmp_path):
     torch.manual_seed(0)
@@ -153,8 +185,15 @@ def test_pipeline_run_with_a_passage_head(tmp_path, toy_beir_dir, tiny_bert_path
     model = DenseEncoder.from_pretrained(tmp_path / "out" / "student" / "model")
     assert model.passage_head is not None and model.passage_head.up.weight.abs().sum() > 0
     assert (tmp_path / "out" / "sentence-transformers" / "modules.json").is_file()
-    # refused before anything runs: dark examples have no cached token states; ERNIE has its own heads
-    assert main(["run", str(path), "--set", "student.dark_examples.enabled=true"]) == 2
-    assert "dark examples" in capsys.readouterr().err
+    # refused before anything runs: ERNIE has its own heads
     assert main(["run", str(path), "--set", "student.architecture=ernie"]) == 2
     assert "architecture=dense" in capsys.readouterr().err
+    # ADAM dark examples: their token states are encoded once beside the corpus's (which stay as they were)
+    corpus_states = sorted(p.name for p in (tmp_path / "cache" / "token_states").iterdir())
+    assert main(["run", str(path), "--set", "student.dark_examples.enabled=true",
+                 "--set", f"output_dir={tmp_path / 'dark'}"]) == 0
+    steps = json.loads((tmp_path / "dark" / "metrics.json").read_text())["steps"]
+    assert steps["token-states:extra"]["cached"] is False and steps["token-states:student"]["cached"] is True
+    assert sorted(p.name for p in (tmp_path / "cache" / "token_states").iterdir()) == corpus_states
+    dark = DenseEncoder.from_pretrained(tmp_path / "dark" / "student" / "model")
+    assert not torch.equal(dark.passage_head.up.weight, model.passage_head.up.weight)

@@ -176,6 +176,8 @@ def test_ernie_query_only_pipeline_run(tmp_path, toy_beir_dir, tiny_bert_path, c
     assert [p.name for p in (tmp_path / "cache" / "token_states").iterdir()]
     model = ErnieSearchModel.from_pretrained(tmp_path / "out" / "student" / "model")
     assert model.colbert_dim == 8 and not model.config.shared
-    # dark examples have no cached token states: refused before anything runs
-    assert main(["run", str(path), "--set", "student.dark_examples.enabled=true"]) == 2
-    assert "no dark examples" in capsys.readouterr().err
+    # ADAM dark examples: both heads read their cached token states, stacked on the corpus's
+    assert main(["run", str(path), "--set", "student.dark_examples.enabled=true",
+                 "--set", f"output_dir={tmp_path / 'dark'}"]) == 0
+    steps = json.loads((tmp_path / "dark" / "metrics.json").read_text())["steps"]
+    assert steps["token-states:extra"]["cached"] is False and steps["token-states:student"]["cached"] is True

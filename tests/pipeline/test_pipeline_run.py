@@ -113,14 +113,6 @@ def test_run_with_ernie_student(tmp_path, toy_beir_dir, tiny_bert_path):
     assert any("kl_colbert_to_dense" in k for k in logged), logged
 
 
-def test_ernie_query_only_rejects_dark_examples(tmp_path, toy_beir_dir, tiny_bert_path, capsys):
-    # (ERNIE query_only itself runs: tests/ernie/test_ernie_query_only.py)
-    cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, "query_only", {"cross_encoder": 1.0})
-    assert main(["run", str(cfg), "--set", "student.architecture=ernie",
-                 "--set", "student.dark_examples.enabled=true"]) == 2
-    assert "train_mode=full" in capsys.readouterr().err
-
-
 def test_train_teacher_stage_reports_the_teachers_dev_rerank(tmp_path, toy_beir_dir, tiny_bert_path, capsys):
     cfg = _config(tmp_path, toy_beir_dir, tiny_bert_path, "full", {"cross_encoder": 1.0})
     assert main(["train-teacher", str(cfg)]) == 0

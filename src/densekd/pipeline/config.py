@@ -227,8 +227,9 @@ class StudentSection:
         ``null`` or ``"gated"``: give the passage side a trainable head over the tower's last-layer token
         states (:mod:`densekd.encoders.passage_head`: a gated mean of the states, linearly mapped and added
         to the passage vector; zero at the start). With ``train_mode: query_only`` the tower stays frozen and
-        the head trains on cached token states, so a ``query_only`` student can learn passage-side
-        signal its teacher has (on SciFact, the BM25 term). ``architecture: dense`` only.
+        the head trains on cached token states (dark examples' states cached beside the corpus's), so a
+        ``query_only`` student can learn passage-side signal its teacher has (on SciFact, the BM25 term).
+        ``architecture: dense`` only.
     head_learning_rate
         Learning rate of the passage head (``passage_head`` only; its own optimizer group).
     dark_examples
@@ -314,16 +315,11 @@ class PipelineConfig:
                              "(densekd.pipeline.methods picks the schema of each method)")
         if self.student.architecture not in ("dense", "ernie"):
             raise ValueError(f"student.architecture must be 'dense' or 'ernie', got {self.student.architecture!r}")
-        if (self.student.architecture == "ernie" and self.student.train_mode == "query_only"
-                and self.student.dark_examples.enabled):
-            raise ValueError("student.architecture=ernie with train_mode=query_only reads passage token states from "
-                             "the corpus cache, which has no dark examples: use train_mode=full")
         check_passage_head(self.student)
 
 
 def check_passage_head(s: StudentSection) -> None:
-    """``student.passage_head``: a known kind, on a dense student, without dark examples in ``query_only``
-    mode (the head trains on cached corpus token states, which dark examples do not have)."""
+    """``student.passage_head``: a known kind, on a dense student."""
     from densekd.encoders.passage_head import PASSAGE_HEADS
 
     if s.passage_head is None:
@@ -332,6 +328,3 @@ def check_passage_head(s: StudentSection) -> None:
         raise ValueError(f"student.passage_head must be one of {PASSAGE_HEADS} or null, got {s.passage_head!r}")
     if s.architecture != "dense":
         raise ValueError("student.passage_head needs student.architecture=dense (ERNIE-Search's heads share its states)")
-    if s.train_mode == "query_only" and s.dark_examples.enabled:
-        raise ValueError("student.passage_head with train_mode=query_only trains on cached corpus token states, "
-                         "which dark examples do not have: use train_mode=full or turn dark_examples off")

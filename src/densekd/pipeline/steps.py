@@ -303,7 +303,7 @@ def query_only_table(ctx: Context, groups: list[TrainGroup], store: Any, model_p
     from densekd.encoders.dense import DenseEncoder, resolve_model_path
     from densekd.training.trainer import PassageEmbeddingTable
 
-    extra = {pid: text for g in groups for pid, text in (g.extra_passages or {}).items()}
+    extra = _extra_texts(groups)
     if not extra:
         return store
     ids = sorted(extra)
@@ -325,6 +325,40 @@ def query_only_table(ctx: Context, groups: list[TrainGroup], store: Any, model_p
     rows = {pid: i for i, pid in enumerate(store.ids)}
     rows.update({pid: len(store.ids) + i for i, pid in enumerate(ids)})
     return PassageEmbeddingTable(rows, np.concatenate([np.asarray(store.embeddings, dtype=np.float32), vectors]))
+
+
+def _extra_texts(groups: list[TrainGroup]) -> dict[str, str]:
+    """``id -> text`` of the groups' candidates outside the corpus (ADAM dark examples)."""
+    return {pid: text for g in groups for pid, text in (g.extra_passages or {}).items()}
+
+
+def query_only_states(ctx: Context, groups: list[TrainGroup], states: Any, model_path: str | None,
+                      max_length: int) -> Any:
+    """The token states a ``query_only`` student with a passage head (or ERNIE-Search heads) reads: the
+    corpus's ``states`` plus the groups' extra passages (ADAM dark examples), encoded once by the same
+    frozen model and cached apart (key: the corpus states' fingerprint + the texts), as
+    :func:`query_only_table` does for vectors. Returns ``states`` itself when no group has extra passages.
+    """
+    from densekd.data.types import Passage
+    from densekd.encoders.cached_passages import StackedStateTable
+    from densekd.encoders.dense import DenseEncoder, resolve_model_path
+    from densekd.index.token_states import encode_token_states
+
+    extra = _extra_texts(groups)
+    if not extra:
+        return states
+    ids = sorted(extra)
+    dtype = str(states.hidden.dtype)
+    key = cache_key("extra-token-states-v1", states.manifest.get("fingerprint"), max_length, dtype,
+                    [[i, extra[i]] for i in ids])
+    start = time.perf_counter()
+    folder = ctx.cache / "extra_token_states" / key
+    reused = (folder / "manifest.json").is_file()
+    encoder = DenseEncoder.from_pretrained(resolve_model_path(model_path), passage_max_length=max_length)
+    dark = encode_token_states(encoder, [Passage(i, extra[i]) for i in ids], folder,
+                               batch_size=ctx.cfg.encode_batch_size, dtype=dtype, fingerprint=key)
+    ctx.record("token-states:extra", start, reused)
+    return StackedStateTable([states, dark])
 
 
 def passage_token_states(ctx: Context, model_path: str | None, max_length: int, tag: str,

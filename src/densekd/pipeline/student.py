@@ -63,7 +63,7 @@ def train_student(ctx: steps.Context, groups: list[TrainGroup], store: Any) -> t
 
             dataset = SelfPacedDataset(dataset, SelfPacedSelector(groups, s.self_paced.to_config()))
             callbacks.append(SelfPacedLogCallback(dataset))
-        table = _passage_table(ctx, s, store)
+        table = _passage_table(ctx, s, store, groups)
         if s.eval_steps:  # query_only: frozen vectors, or the token states a passage head reads
             frozen = (table if s.passage_head is not None else store) if s.train_mode == "query_only" else None
             callbacks.append(RetrievalEvalCallback(ctx.queries, ctx.corpus, ctx.eval_qrels,
@@ -95,14 +95,16 @@ def _build_student(s: Any) -> Any:
     return DenseEncoder.from_pretrained(s.model, **lengths)
 
 
-def _passage_table(ctx: steps.Context, s: Any, store: Any) -> Any:
+def _passage_table(ctx: steps.Context, s: Any, store: Any, groups: list[TrainGroup]) -> Any:
     """The frozen passage side a ``query_only`` student reads (``None`` in full mode): the cached passage
     vectors ``store``, or for an ERNIE-Search student or one with a passage head the start model's cached
-    token states (those heads read passage tokens; their pooled vectors are the same as ``store``'s)."""
+    token states (those heads read passage tokens; their pooled vectors are the same as ``store``'s), with
+    the groups' dark examples' states stacked on when there are any."""
     if s.train_mode != "query_only":
         return None
     if s.architecture == "ernie" or s.passage_head is not None:
-        return steps.passage_token_states(ctx, s.model, s.passage_max_length, "student")
+        states = steps.passage_token_states(ctx, s.model, s.passage_max_length, "student")
+        return steps.query_only_states(ctx, groups, states, s.model, s.passage_max_length)
     return store
 
 
