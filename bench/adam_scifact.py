@@ -69,6 +69,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="student seeds")
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows to run")
     ap.add_argument("--smoke", action="store_true", help="tiny data and settings, /tmp caches, bench/results/smoke/")
+    ap.add_argument("--name", default=NAME, help="bench/results/<name>.{json,md,png} (screens keep the main result)")
     args = ap.parse_args()
     if args.smoke:
         args.seeds, args.out_dir = args.seeds[:2], str(SMOKE_ROOT / "runs-adam")
@@ -190,8 +191,8 @@ def main() -> None:
     result = report(args, cfg, rows, baselines, teacher, dist, time.perf_counter() - start)
     results_dir = RESULTS / "smoke" if args.smoke else RESULTS
     results_dir.mkdir(parents=True, exist_ok=True)
-    plot(rows, dist, results_dir / f"{NAME}.png")
-    write_results(NAME, result, markdown(result), results_dir)
+    plot(rows, dist, results_dir / f"{args.name}.png")
+    write_results(args.name, result, markdown(result, args.name), results_dir)
 
 
 def verdicts(rows: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +227,7 @@ def report(args: argparse.Namespace, cfg: PipelineConfig, rows: dict[str, Any], 
             "bench_seconds": round(seconds, 1), "provenance": provenance()}
 
 
-def markdown(result: dict[str, Any]) -> str:
+def markdown(result: dict[str, Any], name: str = NAME) -> str:
     header = ["row", "nDCG@10 mean", "± std", "R@100 mean", "± std", "per-seed nDCG@10", "train s"]
     table = [[n, r["ndcg@10_mean"], r["ndcg@10_std"], r["recall@100_mean"], r["recall@100_std"],
               " / ".join(f"{v:.4f}" for v in r["ndcg@10_per_seed"]), round(r["train_seconds_mean"], 1)]
@@ -241,12 +242,13 @@ def markdown(result: dict[str, Any]) -> str:
     verdict = "\n".join(f"- {k}: `{v}`" for k, v in result["verdict"].items())
     return (f"Seeds {result['seeds']}, SciFact dev; every row is `densekd run` of the config with the row's "
             f"student settings: query-side-only, {s['epochs']} epochs, lr {s['learning_rate']}, batch "
-            f"{s['batch_size']} x group {s['group_size']}, passage length {s['passage_max_length']}; the teacher "
+            f"{s['batch_size']} x group {s['group_size']}, passage length {s['passage_max_length']}, passage head "
+            f"{s.get('passage_head') or 'none'} (every row); the teacher "
             f"is the scifact-kd fused signal, which also scores every dark example.\n\n"
             + markdown_table(header, base + table)
             + f"\n\nVerdicts (goals: adam >= kd + 0.01 beyond the spread; adam > labels_only):\n\n{verdict}\n\n"
             + "Teacher scores per candidate kind (training queries, the fused signal the students read):\n\n"
-            + qtable + f"\n\nTotal wall time {result['bench_seconds']} s.\n\n![plot]({NAME}.png)\n")
+            + qtable + f"\n\nTotal wall time {result['bench_seconds']} s.\n\n![plot]({name}.png)\n")
 
 
 if __name__ == "__main__":
