@@ -74,6 +74,7 @@ from densekd.encoders.dense import DenseEncoder  # noqa: E402
 from densekd.encoders.ernie import ErnieSearchModel  # noqa: E402
 from densekd.eval.metrics import evaluate  # noqa: E402
 from densekd.index.late_interaction import late_interaction_search  # noqa: E402
+from densekd.index.passage_table import PassageEmbeddingTable  # noqa: E402
 from densekd.losses.ernie import ErnieLossSettings  # noqa: E402
 from densekd.pipeline import steps  # noqa: E402
 from densekd.pipeline.config import PipelineConfig  # noqa: E402
@@ -187,11 +188,19 @@ def dev_texts(p: Prepared) -> dict[str, str]:
     return {qid: p.ctx.queries[qid].text for qid in p.ctx.eval_qrels}
 
 
+def passage_store(p: Prepared, model: DenseEncoder, states: Any) -> Any:
+    """The passage vectors a query_only student searches: the frozen zero-shot store, or with a passage head
+    the head over the cached token states (``student.passage_head``)."""
+    if model.passage_head is None:
+        return p.zero_shot_store
+    return PassageEmbeddingTable(states.ids, model.encode_cached_passages(states, states.ids))
+
+
 def evaluate_model(p: Prepared, model: DenseEncoder, states: Any, colbert: bool,
                    retriever: bool) -> tuple[dict[str, dict], dict[str, float]]:
     """Dense-head metrics (and the ColBERT head's as reranker / retriever) of one trained model."""
     ctx = p.ctx
-    dense = steps.dense_run(model, p.zero_shot_store, ctx)
+    dense = steps.dense_run(model, passage_store(p, model, states), ctx)
     out = {"dense": evaluate(dense, ctx.eval_qrels, METRICS)}
     seconds: dict[str, float] = {}
     if colbert:
@@ -238,16 +247,18 @@ def teacher_row(p: Prepared) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ latency
 @torch.inference_mode()
 def latency(p: Prepared, models: dict[str, DenseEncoder], colbert: tuple[ErnieSearchModel, Any] | None,
-            n: int, retriever: bool) -> dict[str, Any]:
+            n: int, retriever: bool, states: Any) -> dict[str, Any]:
     """Per-query wall time (ms) of each model, queries one at a time, rows interleaved per query."""
-    index = p.zero_shot_store.to_faiss("Flat", show_progress=False)
+    # one Flat index per model: the same size and cost, but a passage head has its own vectors
+    indexes = {id(m): passage_store(p, m, states).to_faiss("Flat", show_progress=False)
+               for m in [*models.values(), *([colbert[0]] if colbert else [])]}
     texts = list(dev_texts(p).items())[:n]
     for model in models.values():
         model.eval()
 
     def dense_query(model: DenseEncoder, qid: str, text: str) -> Run:
         vector = model.encode_query(model.tokenize_queries([text]))              # same path as colbert_query
-        return index.search(vector.float().numpy(), [qid], k=100)
+        return indexes[id(model)].search(vector.float().numpy(), [qid], k=100)
 
     stages: dict[str, list[float]] = {"query encoder (vector + tokens)": [], "dense top-100 (FAISS Flat)": [],
                                       "ColBERT MaxSim re-rank of 100": []}
@@ -256,7 +267,7 @@ def latency(p: Prepared, models: dict[str, DenseEncoder], colbert: tuple[ErnieSe
         t0 = time.perf_counter()
         emb = model.embed(model.tokenize_queries([text]), passage=False)          # vector + tokens, one pass
         t1 = time.perf_counter()
-        run = index.search(emb.vector.float().numpy(), [qid], k=100)
+        run = indexes[id(model)].search(emb.vector.float().numpy(), [qid], k=100)
         t2 = time.perf_counter()
         rows = [store.row_of[pid] for pid in run[qid]]
         scores = store.maxsim(emb.tokens[0][emb.mask[0]].float().numpy(), rows)
@@ -352,7 +363,8 @@ def markdown(result: dict[str, Any]) -> str:
     body += (f"\nSciFact {s['eval_split']} ({s['eval_queries']} queries, {s['corpus_size']} passages), "
              f"{s['train_groups']} training queries; seeds {result['seeds']} (std = sample std over seeds). "
              f"Students start from MiniLM (ColBERT rows: ERNIE-Search, + {s['student']['colbert_dim']}-d ColBERT "
-             f"head; rows without a ColBERT term: dense students, same losses), query_only: "
+             f"head; rows without a ColBERT term: dense students, same losses), passage head "
+             f"{s['student'].get('passage_head') or 'none'} (every row), query_only: "
              f"batch {s['student']['batch_size']} x group {s['student']['group_size']}, {s['steps']} steps "
              f"({s['student']['epochs']} epochs), lr {s['student']['learning_rate']}, max length "
              f"{s['student']['query_max_length']}/{s['student']['passage_max_length']}. Base ERNIE loss "
@@ -450,7 +462,7 @@ def main() -> None:
     colbert = None
     if "cascade" in models:
         colbert = (models["cascade"], states.colbert_store(models["cascade"].colbert_head, models["cascade"].skip_ids))
-    lat = latency(p, models, colbert, args.latency_queries, "colbert_head_retriever" in rows)
+    lat = latency(p, models, colbert, args.latency_queries, "colbert_head_retriever" in rows, states)
     for name, ms in lat["ms_per_query"].items():
         rows[name]["ms_per_query"] = ms
     result.update({

@@ -185,9 +185,9 @@ def test_pipeline_run_with_a_passage_head(tmp_path, toy_beir_dir, tiny_bert_path
     model = DenseEncoder.from_pretrained(tmp_path / "out" / "student" / "model")
     assert model.passage_head is not None and model.passage_head.up.weight.abs().sum() > 0
     assert (tmp_path / "out" / "sentence-transformers" / "modules.json").is_file()
-    # refused before anything runs: ERNIE has its own heads
-    assert main(["run", str(path), "--set", "student.architecture=ernie"]) == 2
-    assert "architecture=dense" in capsys.readouterr().err
+    # a bad kind is refused before anything runs, naming the key
+    assert main(["run", str(path), "--set", "student.passage_head=linear"]) == 2
+    assert "student.passage_head" in capsys.readouterr().err
     # ADAM dark examples: their token states are encoded once beside the corpus's (which stay as they were)
     corpus_states = sorted(p.name for p in (tmp_path / "cache" / "token_states").iterdir())
     assert main(["run", str(path), "--set", "student.dark_examples.enabled=true",

@@ -142,6 +142,42 @@ def test_ernie_query_only_trains_the_query_side_and_colbert_head_only(ernie_mode
     assert [len(docs) for docs in run.values()] == [3, 3]
 
 
+def test_ernie_passage_head_corrects_the_dense_head_only_and_trains_query_only(tiny_bert_path, toy_train,
+                                                                                toy_groups, tmp_path):
+    """A passage head on an ERNIE-Search student: a fresh one changes no score; a trained one moves the dense
+    head's passage vectors (cached or from text alike), never the ColBERT scores; it trains in query_only
+    mode and is saved with the model."""
+    torch.manual_seed(0)
+    plain = ErnieSearchModel.from_pretrained(tiny_bert_path, colbert_dim=16).eval()
+    headed = ErnieSearchModel.from_pretrained(tiny_bert_path, colbert_dim=16, passage_head="gated").eval()
+    headed.colbert_head.load_state_dict(plain.colbert_head.state_dict())  # the head's init draws from the RNG too
+    states = _states(plain, toy_train.corpus, tmp_path)
+    q = plain.tokenize_queries(QUERIES)
+    with torch.no_grad():
+        a, b = plain.compute_scores(q, states.lookup(PIDS), 2), headed.compute_scores(q, states.lookup(PIDS), 2)
+        for name in ("dense", "colbert", "colbert_in_batch"):
+            torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5)
+        for p in headed.passage_head.parameters():
+            p.normal_(0.0, 0.2)
+        c = headed.compute_scores(q, states.lookup(PIDS), 2)
+        texts = headed.tokenize_passages([toy_train.corpus[pid].full_text() for pid in PIDS])
+        torch.testing.assert_close(headed.embed(texts, passage=True).vector,
+                                   headed.embed_cached(states.lookup(PIDS)).vector, rtol=0, atol=1e-5)
+    torch.testing.assert_close(c["colbert"], a["colbert"], rtol=0, atol=1e-5)
+    assert (c["dense"] - a["dense"]).abs().max() > 1e-3
+    # query_only training moves the head (own lr group); the saved dense view reproduces its vectors
+    trainer = _trainer(headed, toy_train, toy_groups, tmp_path / "out", states, head_learning_rate=1e-2)
+    before = headed.passage_head.up.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(before, headed.passage_head.up.weight)
+    trainer.save_model(tmp_path / "final")
+    dense = DenseEncoder.from_pretrained(tmp_path / "final")
+    assert dense.passage_head is not None
+    np.testing.assert_allclose(dense.encode_cached_passages(states, states.ids),
+                               headed.encode_cached_passages(states, states.ids), atol=1e-6)
+    assert ErnieSearchModel.from_pretrained(tmp_path / "final").passage_head is not None
+
+
 def test_ernie_query_only_refusals(ernie_model, toy_train, toy_groups, tiny_bert_path, tmp_path):
     with pytest.raises(ValueError, match="needs passage_embeddings"):
         _trainer(ernie_model, toy_train, toy_groups, tmp_path, None)
@@ -176,8 +212,11 @@ def test_ernie_query_only_pipeline_run(tmp_path, toy_beir_dir, tiny_bert_path, c
     assert [p.name for p in (tmp_path / "cache" / "token_states").iterdir()]
     model = ErnieSearchModel.from_pretrained(tmp_path / "out" / "student" / "model")
     assert model.colbert_dim == 8 and not model.config.shared
-    # ADAM dark examples: both heads read their cached token states, stacked on the corpus's
-    assert main(["run", str(path), "--set", "student.dark_examples.enabled=true",
+    # ADAM dark examples and a passage head on the dense side: the heads read the dark texts' cached token
+    # states, stacked on the corpus's; the head is trained and saved
+    assert main(["run", str(path), "--set", "student.dark_examples.enabled=true", "--set", "student.passage_head=gated",
                  "--set", f"output_dir={tmp_path / 'dark'}"]) == 0
     steps = json.loads((tmp_path / "dark" / "metrics.json").read_text())["steps"]
     assert steps["token-states:extra"]["cached"] is False and steps["token-states:student"]["cached"] is True
+    headed = ErnieSearchModel.from_pretrained(tmp_path / "dark" / "student" / "model")
+    assert headed.passage_head is not None and headed.passage_head.up.weight.abs().sum() > 0

@@ -33,7 +33,9 @@ Data contract
   the ColBERT score is MaxSim against ``colbert_head(cached hidden states)``, so the ColBERT projection
   keeps training on both sides. :meth:`untie` (called by the trainer's ``freeze_passage_side``) gives
   the passage side its own frozen copy of the tower, so the saved model is a correct two-tower
-  retriever whose passage vectors are exactly the base model's.
+  retriever whose passage vectors are exactly the base model's (or, with a passage head,
+  :mod:`densekd.encoders.passage_head`, the base vectors corrected by the head, which trains on the
+  cached states like the ColBERT projection; the head only touches the dense head's passage vectors).
 
 On disk (``save_pretrained``)
 -----------------------------
@@ -115,13 +117,11 @@ class ErnieSearchModel(DenseEncoder):
 
     def __init__(self, config: DenseEncoderConfig, model: nn.Module, tokenizer: Any,
                  projection: nn.Linear | None, colbert_head: LateInteractionHead, skip_punctuation: bool = True,
-                 passage_model: nn.Module | None = None):
-        if config.passage_head is not None:
-            raise ValueError("ErnieSearchModel has no passage head: its dense and ColBERT heads read the same states")
+                 passage_model: nn.Module | None = None, passage_head: nn.Module | None = None):
         if config.shared != (passage_model is None):
             raise ValueError("ErnieSearchModel: a shared config takes one tower; an untied one (shared=False, "
                              "query_only training) needs its passage_model")
-        super().__init__(config, model, passage_model, tokenizer, projection)
+        super().__init__(config, model, passage_model, tokenizer, projection, passage_head)
         self.colbert_head = colbert_head
         self.skip_punctuation = bool(skip_punctuation)
         skip = punctuation_ids(tokenizer) if skip_punctuation else []
@@ -162,7 +162,8 @@ class ErnieSearchModel(DenseEncoder):
             head = LateInteractionHead(hidden, colbert_dim or DEFAULT_COLBERT_DIM)
             skip = True if skip_punctuation is None else skip_punctuation
         passage = None if dense.config.shared else dense.passage_model
-        return cls(dense.config, dense.query_model, dense.tokenizer, dense.projection, head, skip, passage)
+        return cls(dense.config, dense.query_model, dense.tokenizer, dense.projection, head, skip, passage,
+                   dense.passage_head)
 
     @property
     def colbert_dim(self) -> int:
@@ -188,16 +189,20 @@ class ErnieSearchModel(DenseEncoder):
         tower = self.passage_model if passage else self.query_model            # the same module when shared
         hidden = tower(**batch).last_hidden_state                               # [B, L, H]
         vector = self.vectors_from_hidden(hidden, batch["attention_mask"])      # [B, D]
+        if passage and self.passage_head is not None:                           # the dense head's own correction
+            vector = self.passage_head(hidden, batch["attention_mask"], vector, self.config.normalize)
         mask = token_mask(batch, self.skip_ids if passage else None)            # [B, L]
         return ErnieEmbeddings(vector, self.colbert_head(hidden), mask)         # tokens [B, L, Dc]
 
     def embed_cached(self, cached: CachedPassages) -> ErnieEmbeddings:
-        """Both heads of cached passages: their pooled vectors, ``colbert_head(hidden)`` and the mask.
+        """Both heads of cached passages: their pooled vectors (through the passage head if any),
+        ``colbert_head(hidden)`` and the mask.
 
-        ``cached.hidden[B, L, H]`` carries no gradient; the ColBERT projection applied to it does.
+        ``cached.hidden[B, L, H]`` carries no gradient; the ColBERT projection (and a passage head) applied
+        to it does.
         """
         mask = token_mask(cached.batch(), self.skip_ids)                        # [B, L]
-        return ErnieEmbeddings(cached.vectors, self.colbert_head(cached.hidden), mask)
+        return ErnieEmbeddings(self.encode_passage(cached), self.colbert_head(cached.hidden), mask)
 
     def compute_scores(self, query: dict[str, Tensor], passage: dict[str, Tensor] | CachedPassages,
                        group_size: int, mask: Tensor | None = None,
@@ -249,7 +254,7 @@ class ErnieSearchModel(DenseEncoder):
     def to_dense_encoder(self) -> DenseEncoder:
         """A plain :class:`DenseEncoder` view of the dense head (shares the weights, no copy)."""
         passage = None if self.config.shared else self.passage_model
-        return DenseEncoder(self.config, self.query_model, passage, self.tokenizer, self.projection)
+        return DenseEncoder(self.config, self.query_model, passage, self.tokenizer, self.projection, self.passage_head)
 
     def to_late_interaction_encoder(self) -> LateInteractionEncoder:
         """A :class:`LateInteractionEncoder` view of the ColBERT head (shares the weights, no copy):

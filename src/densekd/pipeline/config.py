@@ -229,7 +229,8 @@ class StudentSection:
         to the passage vector; zero at the start). With ``train_mode: query_only`` the tower stays frozen and
         the head trains on cached token states (dark examples' states cached beside the corpus's), so a
         ``query_only`` student can learn passage-side signal its teacher has (on SciFact, the BM25 term).
-        ``architecture: dense`` only.
+        With ``architecture: ernie`` it corrects the dense head's passage vectors (the ColBERT head reads
+        the states as before).
     head_learning_rate
         Learning rate of the passage head (``passage_head`` only; its own optimizer group).
     dark_examples
@@ -319,12 +320,10 @@ class PipelineConfig:
 
 
 def check_passage_head(s: StudentSection) -> None:
-    """``student.passage_head``: a known kind, on a dense student."""
+    """``student.passage_head``: a known kind (or null)."""
     from densekd.encoders.passage_head import PASSAGE_HEADS
 
     if s.passage_head is None:
         return
     if s.passage_head not in PASSAGE_HEADS:
         raise ValueError(f"student.passage_head must be one of {PASSAGE_HEADS} or null, got {s.passage_head!r}")
-    if s.architecture != "dense":
-        raise ValueError("student.passage_head needs student.architecture=dense (ERNIE-Search's heads share its states)")

@@ -89,7 +89,8 @@ def _build_student(s: Any) -> Any:
         from densekd.encoders.ernie import ErnieSearchModel
 
         torch.manual_seed(s.seed)  # the ColBERT head is new: seed its initialisation
-        return ErnieSearchModel.from_pretrained(s.model, colbert_dim=s.colbert_dim, **lengths)
+        head = {} if s.passage_head is None else {"passage_head": s.passage_head}
+        return ErnieSearchModel.from_pretrained(s.model, colbert_dim=s.colbert_dim, **head, **lengths)
     if s.passage_head is not None:
         return DenseEncoder.from_pretrained(s.model, passage_head=s.passage_head, **lengths)  # a new head: zero
     return DenseEncoder.from_pretrained(s.model, **lengths)
