@@ -235,9 +235,15 @@ class DenseEncoder(nn.Module):
     def _embed(self, model: nn.Module, batch: dict[str, torch.Tensor], passage: bool = False) -> torch.Tensor:
         hidden = model(**batch).last_hidden_state                       # [B, L, H]
         vectors = self.vectors_from_hidden(hidden, batch["attention_mask"])
-        if passage and self.passage_head is not None:
-            vectors = self.passage_head(hidden, batch["attention_mask"], vectors, self.config.normalize)
-        return vectors
+        return self.with_passage_head(hidden, batch["attention_mask"], vectors) if passage else vectors
+
+    def with_passage_head(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                          vectors: torch.Tensor) -> torch.Tensor:
+        """Passage vectors ``[B, D]`` corrected by the passage head from their token states ``hidden[B, L, H]``
+        (``vectors`` unchanged without a head): one place for text, cached states and subclasses' heads."""
+        if self.passage_head is None:
+            return vectors
+        return self.passage_head(hidden, attention_mask, vectors, self.config.normalize)
 
     def vectors_from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled, projected, normalised vectors ``[B, D]`` from token states ``hidden[B, L, H]``.
@@ -260,9 +266,7 @@ class DenseEncoder(nn.Module):
         """Passage vectors ``[B, D]`` for a tokenised batch (differentiable), or for the
         :class:`CachedPassages` of a frozen tower (their vectors, corrected by the passage head if any)."""
         if isinstance(batch, CachedPassages):
-            if self.passage_head is None:
-                return batch.vectors
-            return self.passage_head(batch.hidden, batch.attention_mask, batch.vectors, self.config.normalize)
+            return self.with_passage_head(batch.hidden, batch.attention_mask, batch.vectors)
         return self._embed(self.passage_model, batch, passage=True)
 
     def forward(self, query: dict[str, torch.Tensor] | None = None,

@@ -189,8 +189,8 @@ class ErnieSearchModel(DenseEncoder):
         tower = self.passage_model if passage else self.query_model            # the same module when shared
         hidden = tower(**batch).last_hidden_state                               # [B, L, H]
         vector = self.vectors_from_hidden(hidden, batch["attention_mask"])      # [B, D]
-        if passage and self.passage_head is not None:                           # the dense head's own correction
-            vector = self.passage_head(hidden, batch["attention_mask"], vector, self.config.normalize)
+        if passage:                                                             # the dense head's correction, if any
+            vector = self.with_passage_head(hidden, batch["attention_mask"], vector)
         mask = token_mask(batch, self.skip_ids if passage else None)            # [B, L]
         return ErnieEmbeddings(vector, self.colbert_head(hidden), mask)         # tokens [B, L, Dc]
 
